@@ -1,0 +1,58 @@
+"""Shared test helpers: run an in-process job and read its trees back."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from treesearch.algorithms import ALGORITHMS
+from treesearch.backends.deterministic import NoisyOracleGenerator, RulePRM
+from treesearch.budget import Budget
+from treesearch.config import build
+from treesearch.engine import run_problems
+from treesearch.tasks.game24 import Game24
+
+ALGO_PARAMS = {
+    "best_of_n": {"n": 64, "wave": 4},
+    "beam": {"width": 3, "expansions": 3},
+    "dvts": {"n_subtrees": 3, "expansions": 3},
+    "tot_bfs": {"breadth": 3, "samples": 5},
+    "tot_dfs": {"samples": 4},
+    "mcts": {"simulations": 24, "parallel": 3, "expansions": 3},
+}
+
+
+def run_inprocess(
+    algorithm: str,
+    params: dict | None = None,
+    budget: Budget | None = None,
+    n_problems: int = 6,
+    seed: int = 0,
+    error_rate: float = 0.5,
+    concurrency: int = 64,
+    generator=None,
+    scorer=None,
+    problems: Sequence | None = None,
+):
+    task = Game24("dev")
+    algo = ALGORITHMS[algorithm]
+    cfg = build(algo.config, params if params is not None else ALGO_PARAMS[algorithm], "algorithm")
+    trees = {}
+
+    async def search(ctx):
+        return await algo.run(ctx, cfg)
+
+    results, job, counters = asyncio.run(
+        run_problems(
+            problems if problems is not None else task.problems()[:n_problems],
+            task,
+            search,
+            generator or NoisyOracleGenerator(error_rate, seed),
+            scorer or RulePRM(task),
+            budget or Budget(generated_tokens=1500),
+            max_step_tokens=40,
+            concurrency=concurrency,
+            on_result=lambda r, t: trees.__setitem__(r.id, t),
+        )
+    )
+    return results, job, counters, trees

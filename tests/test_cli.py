@@ -1,0 +1,115 @@
+"""CLI: the output dir contract, and one clear line with exit 2 for bad configs."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from treesearch.cli import main
+from treesearch.config import JobConfig, build, load_config
+from treesearch.tree import Tree
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_run_writes_the_output_contract(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(
+        [
+            "run",
+            str(CONFIGS / "game24-beam.yaml"),
+            "--limit",
+            "5",
+            "--out",
+            str(out),
+            "--set",
+            "algorithm.width=3",
+            "--quiet",
+        ]
+    )
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "accuracy" in printed and "beam" in printed and str(out) in printed
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["algorithm"]["width"] == 3 and cfg["run"]["limit"] == 5
+    assert build(JobConfig, cfg, "").algorithm_config().width == 3  # resolved config reloads
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 5
+    for row in rows:
+        assert {"id", "answer", "correct", "covered", "nodes", "ledger"} <= row.keys()
+        assert row["covered"] or not row["correct"]
+        tree = Tree.from_msgpack((out / "trees" / f"{row['id']}.msgpack").read_bytes())
+        assert len(tree) - 1 == row["nodes"] and tree.problem_id == row["id"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_problems"] == 5 and summary["algorithm"] == "beam"
+    assert summary["accuracy"] == sum(r["correct"] for r in rows) / 5
+    assert summary["coverage"] == sum(r["covered"] for r in rows) / 5
+    for key in (
+        "policy_prompt_tokens",
+        "policy_cached_prompt_tokens",
+        "policy_generated_tokens",
+        "prm_tokens",
+        "generator_calls",
+        "prm_calls",
+        "flops",
+        "wall_seconds",
+    ):
+        assert key in summary["ledger"]
+    assert summary["ledger"]["policy_generated_tokens"] == sum(
+        r["ledger"]["policy_generated_tokens"] for r in rows
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "algorithm.widht=4"], "algorithm.widht: unknown field"),
+        (["--set", "algorithm.width=four"], "algorithm.width: expected an integer"),
+        (["--set", "algorithm.name=astar"], "algorithm.name: 'astar' is not one of"),
+        (["--set", "budget.tokens=5"], "budget.tokens: unknown field"),
+        (["--set", "budget.nodes=-3"], "budget.nodes must be >= 0"),
+        (["--set", "generator.error_rate=1.5"], "error_rate must be in [0, 1]"),
+        (["--set", "task.split=validation"], "unknown game24 split"),
+        (["--set", "generator.backend=vllm"], "generator.backend: 'vllm' is not an in-process backend"),
+        (["--set", "nonsense"], "expected key=value"),
+        (["--set", "algorithm.selection=median"], "algorithm.selection: 'median' is not one of"),
+        (["--limit", "0"], "--limit must be >= 1"),
+    ],
+)
+def test_bad_config_exits_2_with_one_line(tmp_path, capsys, args, message):
+    rc = main(["run", str(CONFIGS / "game24-beam.yaml"), "--out", str(tmp_path / "o"), "--quiet", *args])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "o" / "results.jsonl").exists()  # failed before any search
+
+
+def test_missing_and_malformed_config_files(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "nope.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("task: [unclosed\n")
+    assert main(["run", str(bad)]) == 2
+    assert "invalid YAML" in capsys.readouterr().err
+    bad.write_text("- a list\n")
+    assert main(["run", str(bad)]) == 2
+    assert "expected a mapping" in capsys.readouterr().err
+
+
+def test_every_shipped_config_loads_and_runs(tmp_path):
+    from treesearch.runner import run_job
+
+    configs = sorted(CONFIGS.glob("game24-*.yaml"))
+    assert {c.stem.removeprefix("game24-") for c in configs} >= {
+        "best_of_n",
+        "beam",
+        "dvts",
+        "tot_bfs",
+        "tot_dfs",
+        "mcts",
+    }
+    for c in configs:
+        cfg = load_config(c, ["run.limit=3"])
+        summary = run_job(cfg, tmp_path / c.stem, progress=False)
+        assert summary["n_problems"] == 3 and summary["accuracy"] <= summary["coverage"]

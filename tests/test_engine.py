@@ -1,0 +1,114 @@
+"""Engine: batching across problems, budgets, ledger, failures, non-finite PRM scores."""
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from treesearch.backends.deterministic import NoisyOracleGenerator, RulePRM
+from treesearch.budget import BUDGET_UNITS, Budget, BudgetGuard, Ledger
+from treesearch.protocol import ScoreResult
+from treesearch.tasks.game24 import Game24
+
+from .helpers import ALGO_PARAMS, run_inprocess
+
+
+class CountingGenerator(NoisyOracleGenerator):
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.batches: list[list[str]] = []
+
+    async def generate(self, requests):
+        self.batches.append([r.problem_id for r in requests])
+        return await super().generate(requests)
+
+
+def test_requests_of_many_problems_share_backend_calls():
+    gen = CountingGenerator(0.5, 0)
+    _results, job, counters, _ = run_inprocess("beam", n_problems=20, generator=gen)
+    n_requests = sum(len(b) for b in gen.batches)
+    assert n_requests == job.generator_calls
+    assert counters["generator_batches"] == len(gen.batches)
+    assert len(gen.batches) <= 3 * 4  # ~one batch per depth, not one per request
+    assert max(len(set(b)) for b in gen.batches) == 20  # one call carried all 20 problems
+
+
+def test_concurrency_does_not_change_results():
+    a = run_inprocess("mcts", n_problems=8, concurrency=1)
+    b = run_inprocess("mcts", n_problems=8, concurrency=64)
+    assert [r.to_json() | {"ledger": None} for r in a[0]] == [r.to_json() | {"ledger": None} for r in b[0]]
+    assert all(a[3][k].to_json() == b[3][k].to_json() for k in a[3])
+
+
+def test_job_ledger_is_sum_of_problem_ledgers():
+    results, job, _, trees = run_inprocess("tot_bfs")
+    for field in ("policy_generated_tokens", "prm_tokens", "generator_calls", "prm_calls", "nodes"):
+        assert getattr(job, field) == sum(getattr(r.ledger, field) for r in results)
+    for r in results:
+        assert r.ledger.nodes == len(trees[r.id]) - 1 == r.nodes
+        assert 0 < r.ledger.policy_cached_prompt_tokens <= r.ledger.policy_prompt_tokens
+        assert r.ledger.flops == pytest.approx(
+            2 * 1.28e6 * (r.ledger.policy_prompt_tokens - r.ledger.policy_cached_prompt_tokens)
+            + 2 * 1.28e6 * r.ledger.policy_generated_tokens
+        )
+
+
+def test_backend_failure_reaches_the_caller():
+    class Broken(NoisyOracleGenerator):
+        async def generate(self, requests):
+            raise RuntimeError("engine died")
+
+    with pytest.raises(RuntimeError, match="engine died"):
+        run_inprocess("beam", generator=Broken())
+
+
+def test_nonfinite_prm_scores_become_lowest_and_are_counted():
+    task = Game24("dev")
+
+    class NaNPRM(RulePRM):
+        def score_one(self, req):
+            res = super().score_one(req)
+            return ScoreResult(tuple(math.nan for _ in res.step_scores), res.tokens)
+
+    results, job, _, trees = run_inprocess("beam", scorer=NaNPRM(task))
+    assert job.nonfinite_scores > 0
+    assert job.nonfinite_scores == sum(r.ledger.nonfinite_scores for r in results)
+    for t in trees.values():
+        scored = [t.prm_score[n] for n in range(1, len(t)) if not math.isnan(t.prm_score[n])]
+        assert scored and all(s == 0.0 for s in scored)
+
+
+def test_budget_guard_reserves_worst_case():
+    g = BudgetGuard(Budget(generated_tokens=100))
+    assert g.reserve(Ledger(policy_generated_tokens=60))
+    assert not g.reserve(Ledger(policy_generated_tokens=50))  # 60 reserved + 50 > 100
+    g.settle(Ledger(policy_generated_tokens=60), Ledger(policy_generated_tokens=30))
+    assert g.reserve(Ledger(policy_generated_tokens=70))  # 30 spent + 70 = 100
+    assert g.reserved.policy_generated_tokens == 70 and g.spent.policy_generated_tokens == 30
+    with pytest.raises(ValueError):
+        Budget(nodes=-1)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    algorithm=st.sampled_from(sorted(ALGO_PARAMS)),
+    unit=st.sampled_from([u for u in BUDGET_UNITS if u != "seconds"]),
+    fraction=st.floats(0.0, 1.0),
+    seed=st.integers(0, 3),
+)
+def test_no_budget_is_ever_exceeded(algorithm, unit, fraction, seed):
+    # limits from 0 up to about what the search spends unconstrained
+    scale = {
+        "generated_tokens": 3000,
+        "total_tokens": 12000,
+        "flops": 3e10,
+        "generator_calls": 60,
+        "nodes": 150,
+    }
+    limit = fraction * scale[unit]
+    limit = int(limit) if unit != "flops" else limit
+    budget = Budget(**{unit: limit})
+    results, _, _, _ = run_inprocess(algorithm, budget=budget, n_problems=3, seed=seed)
+    for r in results:
+        assert r.ledger.value(unit) <= limit

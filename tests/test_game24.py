@@ -1,0 +1,105 @@
+"""Game of 24: puzzle set, split, solver, strict checker, answers."""
+
+from fractions import Fraction
+
+import pytest
+
+from treesearch.tasks import game24 as g
+from treesearch.tasks.game24 import Game24
+
+
+def test_solvable_set_is_1362_and_matches_tot(tot_csv):
+    assert len(g.all_multisets()) == 1820
+    assert len(g.solvable_puzzles()) == 1362
+    every = g.read_tot_csv(tot_csv, 1, 1362)
+    assert set(every) == set(g.solvable_puzzles())
+
+
+def test_split_is_deterministic_and_disjoint():
+    sp = g.project_split()
+    assert (len(sp["test"]), len(sp["dev"]), len(sp["train"])) == (100, 100, 1162)
+    assert not set(sp["test"]) & set(sp["train"]) and not set(sp["dev"]) & set(sp["train"])
+    assert not set(sp["test"]) & set(sp["dev"])
+    assert sp["test"][:3] == ((1, 1, 3, 7), (1, 1, 3, 10), (1, 1, 6, 6))  # pinned: never changes
+
+
+def test_tot_test_split(tot_csv):
+    task = Game24("tot_test", csv_path=str(tot_csv))
+    puzzles = task.puzzles()
+    assert len(puzzles) == 100 and all(g.reachable(g.state_of(p)) for p in puzzles)
+    with pytest.raises(ValueError, match="csv_path"):
+        Game24("tot_test").puzzles()
+    with pytest.raises(FileNotFoundError):
+        Game24("tot_test", csv_path="/nonexistent.csv").puzzles()
+
+
+def test_solver_solutions_pass_the_strict_checker():
+    task = Game24("all")
+    for numbers in g.solvable_puzzles()[::17]:
+        p = task.problem(numbers)
+        steps = [m.text() for m in g.solve(g.state_of(numbers))]
+        assert len(steps) == 3 and task.is_correct(p, steps)
+        assert task.extract_answer(p, steps).endswith("= 24")
+
+
+def test_integer_only_needs_no_fractions():
+    # 1 5 5 5: 5 * (5 - 1/5) = 24 needs a fraction
+    assert g.reachable(g.state_of((1, 5, 5, 5)))
+    assert not g.reachable(g.state_of((1, 5, 5, 5)), integer_only=True)
+    assert (1, 5, 5, 5) not in Game24("all", integer_only=True).puzzles()
+
+
+@pytest.mark.parametrize(
+    ("step", "reason"),
+    [
+        ("13 - 6 = 7 (left: 4 7 12)", ""),
+        ("13 - 6 = 8 (left: 4 8 12)", "wrong arithmetic"),
+        ("13 - 6 = 7 (left: 4 7)", "wrong left list"),
+        ("13 - 6 = 7 (left: 12 7 4)", ""),  # order of the left list does not matter
+        ("13 - 5 = 8 (left: 4 8 12)", "operand 5 not available"),
+        ("6 - 6 = 0 (left: 0 4 12 13)", "operand 6 not available"),
+        ("13 minus 6 is 7", "unparseable step"),
+        ("12 / 8 = 3/2 (left: 3/2 4 13)", "operand 8 not available"),
+    ],
+)
+def test_check_step(step, reason):
+    state = g.state_of((4, 6, 12, 13))
+    c = g.check_step(state, step)
+    assert c.ok == (reason == "") and c.reason == reason
+
+
+def test_fractions_and_negatives_in_steps():
+    state = g.state_of((1, 5, 5, 5))
+    c = g.check_step(state, "1 / 5 = 1/5 (left: 1/5 5 5)")
+    assert c.ok and c.left == (Fraction(1, 5), 5, 5)
+    c = g.check_step(c.left, "1/5 - 5 = -24/5 (left: -24/5 5)")
+    assert c.ok and c.left == (Fraction(-24, 5), 5)
+
+
+def test_correctness_needs_exactly_24_and_valid_steps():
+    task = Game24("all")
+    p = task.problem((4, 6, 12, 13))
+    good = ["13 - 12 = 1 (left: 1 4 6)", "6 * 4 = 24 (left: 1 24)", "24 * 1 = 24 (left: 24)"]
+    assert task.is_correct(p, good)
+    assert task.extract_answer(p, good) == "(6 * 4) * (13 - 12) = 24"
+    false_24 = ["13 - 12 = 1 (left: 1 4 6)", "6 * 4 = 24 (left: 1 24)", "24 + 1 = 24 (left: 24)"]
+    assert not task.is_correct(p, false_24)
+    assert task.verify_step(p, false_24) is False
+    assert task.verify_step(p, good[:2]) is True
+    not_24 = ["13 - 12 = 1 (left: 1 4 6)", "6 * 4 = 24 (left: 1 24)", "24 + 1 = 25 (left: 25)"]
+    assert task.verify_step(p, not_24) is False  # a claimed final answer must be 24
+    assert task.is_terminal(p, not_24) and not task.is_terminal(p, good[:2])
+    assert task.extract_answer(p, good[:2]) is None
+    # the oracle sees that 1 4 6 -> 1 5 6 is still solvable but 1 4 6 -> 1 10 ... is checked
+    assert task.step_reachable(p, good[:1])
+    assert not task.step_reachable(p, ["13 + 12 = 25 (left: 4 6 25)", "25 - 6 = 19 (left: 4 19)"])
+
+
+def test_difficulty_orders_easy_before_hard():
+    assert g.difficulty((1, 1, 4, 6)) < g.difficulty((3, 3, 8, 8))
+    assert g.difficulty((1, 1, 1, 1)) == float("inf")
+
+
+def test_unknown_split():
+    with pytest.raises(ValueError, match="unknown game24 split"):
+        Game24("validation")

@@ -1,0 +1,47 @@
+"""Search algorithms, one file each. ``ALGORITHMS`` maps a config name to its entry."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from treesearch.algorithms.beam import BeamConfig, beam_search
+from treesearch.algorithms.best_of_n import BestOfNConfig, best_of_n
+from treesearch.algorithms.dvts import DVTSConfig, dvts
+from treesearch.algorithms.mcts import MCTSConfig, mcts
+from treesearch.algorithms.tot_bfs import ToTBFSConfig, tot_bfs
+from treesearch.algorithms.tot_dfs import ToTDFSConfig, tot_dfs
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """A search algorithm: its typed config and ``run(ctx, config) -> chosen node``."""
+
+    name: str
+    config: type
+    run: Callable[[Any, Any], Awaitable[int | None]]
+
+
+ALGORITHMS: dict[str, Algorithm] = {
+    a.name: a
+    for a in (
+        Algorithm("best_of_n", BestOfNConfig, best_of_n),
+        Algorithm("beam", BeamConfig, beam_search),
+        Algorithm("dvts", DVTSConfig, dvts),
+        Algorithm("tot_bfs", ToTBFSConfig, tot_bfs),
+        Algorithm("tot_dfs", ToTDFSConfig, tot_dfs),
+        Algorithm("mcts", MCTSConfig, mcts),
+    )
+}
+
+__all__ = [
+    "ALGORITHMS",
+    "Algorithm",
+    "BeamConfig",
+    "BestOfNConfig",
+    "DVTSConfig",
+    "MCTSConfig",
+    "ToTBFSConfig",
+    "ToTDFSConfig",
+]

@@ -1,0 +1,53 @@
+"""Step-level beam search with a PRM (Snell et al., 2024; search-and-learn's ``beam_search``).
+
+Keep ``width`` chains. At each depth, sample ``expansions`` next steps for every kept open
+chain and score them with the PRM; the best ``width - done`` children by score take the
+slots, where ``done`` counts finished chains that won a slot earlier. Finished chains that
+win a slot are set aside as answers; open ones are expanded next. At the root the beam is
+seeded with ``width * expansions`` samples. Every finished chain stays a candidate, but only
+well-scored ones use up the beam (a junk "final answer" must not end the search).
+
+    children = score(expand(root, width * expansions))
+    while children and done < width:
+        slots = top_(width - done)(children)
+        done += |terminal(slots)|; finished += terminal(children)
+        children = score(expand(open(slots), expansions))
+    return select(finished)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from treesearch.engine import SearchContext
+from treesearch.selection import chain_score, select_answer
+from treesearch.tree import ROOT, TERMINAL
+
+
+@dataclass
+class BeamConfig:
+    width: int = 4  # chains kept per depth
+    expansions: int = 4  # samples per kept chain per depth
+    selection: str = "last"  # how the final answer is chosen among finished chains
+    aggregate: str = "last"  # chain score used to rank beams
+
+
+async def beam_search(ctx: SearchContext, cfg: BeamConfig) -> int | None:
+    tree = ctx.tree
+    finished: list[int] = []
+    done = 0
+    (children,) = await ctx.expand([ROOT], cfg.width * cfg.expansions)
+    while children:
+        await ctx.score(children)
+        finished.extend(c for c in children if tree.status[c] == TERMINAL)
+        ranked = sorted(children, key=lambda n: (-chain_score(tree, n, cfg.aggregate), n))
+        slots, dropped = ranked[: cfg.width - done], ranked[cfg.width - done :]
+        for n in dropped:
+            tree.prune(n)
+        done += sum(tree.status[n] == TERMINAL for n in slots)
+        beams = [n for n in slots if tree.status[n] != TERMINAL and ctx.expandable(n)]
+        if done >= cfg.width or ctx.exhausted or not beams:
+            break
+        kids = await ctx.expand(beams, cfg.expansions)
+        children = [c for ks in kids for c in ks]
+    return select_answer(tree, finished, cfg.selection, cfg.aggregate)

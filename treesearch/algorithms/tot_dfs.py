@@ -1,0 +1,55 @@
+"""Tree-of-thoughts depth-first search (Yao et al., 2023, Algorithm 2, ToT-DFS).
+
+Expand the current state with ``samples`` proposals, value them with the PRM, and descend
+into the best child first. Children valued below ``threshold`` are pruned (ToT's v_th);
+when every child of a state fails, backtrack to its parent's next-best child. Stop at the
+first finished chain valued at or above the threshold, or when the budget runs out (then
+the best finished chain seen is returned).
+
+    def dfs(s):
+        if terminal(s): return s if V(s) >= v_th else None
+        for c in sorted(score(expand(s, samples)), by value, best first):
+            if V(c) < v_th: prune(c); continue
+            if (found := dfs(c)): return found
+        return None
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from treesearch.engine import SearchContext
+from treesearch.selection import chain_score, select_answer
+from treesearch.tree import ROOT, TERMINAL
+
+
+@dataclass
+class ToTDFSConfig:
+    samples: int = 5  # proposals per expanded state
+    threshold: float = 0.5  # v_th: children valued below it are pruned
+    selection: str = "last"  # fallback choice among finished chains if none passes
+    aggregate: str = "last"  # chain score used as the state value
+
+
+async def tot_dfs(ctx: SearchContext, cfg: ToTDFSConfig) -> int | None:
+    tree = ctx.tree
+    finished: list[int] = []
+
+    async def dfs(node: int) -> int | None:
+        if tree.status[node] == TERMINAL:
+            finished.append(node)
+            return node if chain_score(tree, node, cfg.aggregate) >= cfg.threshold else None
+        if not ctx.expandable(node) or ctx.exhausted:
+            return None
+        (kids,) = await ctx.expand([node], cfg.samples)
+        await ctx.score(kids)
+        for child in sorted(kids, key=lambda n: (-chain_score(tree, n, cfg.aggregate), n)):
+            if chain_score(tree, child, cfg.aggregate) < cfg.threshold:
+                tree.prune(child)
+                continue
+            if (found := await dfs(child)) is not None:
+                return found
+        return None
+
+    found = await dfs(ROOT)
+    return found if found is not None else select_answer(tree, finished, cfg.selection, cfg.aggregate)

@@ -1,0 +1,182 @@
+"""Typed job configuration, loaded from YAML. Unknown keys and wrong types are errors.
+
+A job config has these sections (every field is documented on its dataclass below)::
+
+    task:      {name: game24, split: test, integer_only: false}
+    algorithm: {name: beam, width: 4, expansions: 4}     # other keys: the algorithm's config
+    generator: {backend: noisy_oracle, error_rate: 0.7}
+    prm:       {backend: rule}
+    budget:    {generated_tokens: 1200}                   # per problem; see treesearch.budget
+    run:       {seed: 0, concurrency: 64}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from treesearch.algorithms import ALGORITHMS
+from treesearch.budget import Budget
+from treesearch.selection import SELECTIONS
+
+
+class ConfigError(ValueError):
+    """A bad config; the message names the field (``section.key: problem``)."""
+
+
+@dataclass
+class TaskConfig:
+    name: str = "game24"  # task name (game24)
+    split: str = "test"  # train | dev | test | tot_test | all
+    integer_only: bool = False  # only puzzles solvable without fractions
+    csv_path: str | None = None  # ToT's 24.csv, for split tot_test
+
+
+@dataclass
+class GeneratorConfig:
+    backend: str = "noisy_oracle"  # noisy_oracle (in-process, deterministic)
+    error_rate: float = 0.5  # noisy_oracle: probability a proposed step is an error
+    max_step_tokens: int = 48  # cap on generated tokens per step (budget worst case)
+    num_parameters: float = 1.28e6  # noisy_oracle: nominal size for FLOPs accounting
+
+
+@dataclass
+class PRMConfig:
+    backend: str = "rule"  # rule: the task's step verifier
+    reachability: bool = True  # rule: also require 24 reachable (an ORACLE: a ceiling)
+    num_parameters: float = 0.0  # rule: nominal size for FLOPs accounting
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0  # job seed: same seed, same trees and results
+    concurrency: int = 64  # problems searched at once (their requests are batched)
+    limit: int | None = None  # only the first N problems
+    save_trees: bool = True  # write trees/<id>.msgpack
+
+
+@dataclass
+class JobConfig:
+    task: TaskConfig = field(default_factory=TaskConfig)
+    algorithm: dict[str, Any] = field(default_factory=lambda: {"name": "beam"})
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    prm: PRMConfig = field(default_factory=PRMConfig)
+    budget: Budget = field(default_factory=Budget)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def algorithm_config(self) -> Any:
+        """The algorithm's own typed config, built from ``algorithm`` minus ``name``."""
+        params = dict(self.algorithm)
+        name = params.pop("name", None)
+        if name not in ALGORITHMS:
+            raise ConfigError(f"algorithm.name: {name!r} is not one of {sorted(ALGORITHMS)}")
+        cfg = build(ALGORITHMS[name].config, params, "algorithm")
+        for key in ("selection", "aggregate"):
+            value = getattr(cfg, key, None)
+            allowed = SELECTIONS if key == "selection" else SELECTIONS[:3]
+            if value is not None and value not in allowed:
+                raise ConfigError(f"algorithm.{key}: {value!r} is not one of {list(allowed)}")
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(tp):
+            return None
+        errors = []
+        for arg in typing.get_args(tp):
+            if arg is type(None):
+                continue
+            try:
+                return _check(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return build(tp, value, where)
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return dict(value)
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e6 (no sign in the exponent) as a string
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def build(cls: type, data: dict[str, Any], where: str) -> Any:
+    """Builds dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    at = (lambda k: f"{where}.{k}") if where else (lambda k: k)
+    for key in data:
+        if key not in names:
+            raise ConfigError(f"{at(key)}: unknown field (expected one of {', '.join(names)})")
+    kwargs = {k: _check(v, hints[k], at(k)) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where or 'config'}: {e}") from e
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=value`` -> (["a", "b"], value parsed as YAML)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected key=value")
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> JobConfig:
+    """Loads a YAML job, applies ``--set`` overrides, validates everything."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: invalid YAML: {str(e).splitlines()[0]}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: expected a mapping at the top level")
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {text!r}: {k} is not a section")
+        node[keys[-1]] = value
+    cfg = build(JobConfig, data, "")
+    cfg.algorithm_config()  # validate the algorithm section now, not mid-run
+    return cfg
