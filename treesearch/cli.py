@@ -33,6 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, default=None, help="output dir (default: runs/<config>-<time>)")
     run.add_argument("--limit", type=int, default=None, help="only the first N problems")
     run.add_argument("--quiet", action="store_true", help="no progress line")
+    run.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
+    run.add_argument(
+        "--in-process", action="store_true", help="no Ray: in-process deterministic backends only"
+    )
     return p
 
 
@@ -47,6 +51,8 @@ def _run(args: argparse.Namespace) -> int:
     from treesearch.runner import format_summary, run_job
 
     overrides = list(args.overrides)
+    if args.in_process:
+        overrides.append("run.in_process=true")
     if args.limit is not None:
         if args.limit < 1:
             print("error: --limit must be >= 1", file=sys.stderr)
@@ -55,10 +61,23 @@ def _run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config, overrides)
         out = args.out or Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-        summary = run_job(cfg, out, progress=not args.quiet)
+        if cfg.run.in_process:
+            summary = run_job(cfg, out, progress=not args.quiet)
+        else:
+            try:
+                from actors.driver import run_on_ray, validate
+            except ImportError as e:
+                raise ConfigError(
+                    f"Ray is not installed ({e.name}): install treesearch[ray] or pass --in-process"
+                ) from e
+            validate(cfg)
+            summary = run_on_ray(cfg, out, args.address, progress=not args.quiet)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(format_summary(summary))
     print(f"output: {out}")
     return 0

@@ -40,18 +40,64 @@ class TaskConfig:
 
 
 @dataclass
+class ResourcesConfig:
+    """Ray resources of one actor role (generator or PRM)."""
+
+    replicas: int = 1  # actor replicas
+    num_cpus: float = 1.0  # per replica
+    num_gpus: float = 0.0  # per replica (fractional allowed); with tensor_parallel_size > 1, per rank
+    max_restarts: int = 3  # Ray restarts a replica that dies, this many times
+    startup_timeout_s: float = 600.0  # fail (with the cause) if replicas are not up by then
+    affinity_bound: int = 16  # prefix affinity holds while home load <= least load + this
+    max_batch: int = 256  # requests per actor call
+    max_calls_in_flight: int = 4  # outstanding calls per replica
+
+
+@dataclass
 class GeneratorConfig:
-    backend: str = "noisy_oracle"  # noisy_oracle (in-process, deterministic)
+    backend: str = "noisy_oracle"  # noisy_oracle (deterministic) | vllm | hf
+    model: str | None = None  # HF model dir (vllm, hf)
     error_rate: float = 0.5  # noisy_oracle: probability a proposed step is an error
     max_step_tokens: int = 48  # cap on generated tokens per step (budget worst case)
-    num_parameters: float = 1.28e6  # noisy_oracle: nominal size for FLOPs accounting
+    num_parameters: float = 1.28e6  # noisy_oracle: nominal size for FLOPs (models: read from weights)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    dtype: str = "auto"  # e.g. float32 on CPU, bfloat16 on GPU
+    gpu_memory_utilization: float = 0.9  # vllm: on CPU this fraction of RAM is the KV cache
+    enforce_eager: bool = False  # vllm: skip graph capture (start ~15 s instead of 40+ on CPU)
+    max_model_len: int | None = None  # vllm
+    block_size: int | None = None  # vllm KV block size (prefix-cache granularity)
+    tensor_parallel_size: int = 1  # vllm: > 1 places ranks with a placement group
+    add_special_tokens: bool = True  # tokenizer adds BOS etc. to the prompt
+    device: str = "auto"  # hf: auto | cpu | cuda
+    latency_s: float = 0.0  # noisy_oracle: simulated seconds per batch call (tests, benchmarks)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 
 
 @dataclass
 class PRMConfig:
-    backend: str = "rule"  # rule: the task's step verifier
+    backend: str = "rule"  # rule | math_shepherd | qwen_prm | outcome_rm
+    engine: str = "transformers"  # transformers | vllm (math_shepherd only)
+    model: str | None = None  # HF model dir (model backends)
     reachability: bool = True  # rule: also require 24 reachable (an ORACLE: a ceiling)
-    num_parameters: float = 0.0  # rule: nominal size for FLOPs accounting
+    num_parameters: float = 0.0  # rule: nominal size for FLOPs (models: read from weights)
+    step_tag: str | None = None  # math_shepherd: default "ки"
+    good_token: str | None = None  # math_shepherd: default "+"
+    bad_token: str | None = None  # math_shepherd: default "-"
+    separator: str | None = None  # qwen_prm: default "<extra_0>"
+    system_prompt: str | None = None  # qwen_prm: default: the model card's
+    dtype: str = "auto"
+    device: str = "auto"  # transformers: auto | cpu | cuda
+    trust_remote_code: bool = False  # e.g. Qwen2.5-Math-PRM's own modelling code
+    gpu_memory_utilization: float = 0.9  # vllm
+    enforce_eager: bool = False  # vllm
+    max_model_len: int | None = None  # vllm
+    latency_s: float = 0.0  # rule: simulated seconds per batch call (tests, benchmarks)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+
+    def format_args(self) -> dict[str, Any]:
+        keys = ("step_tag", "good_token", "bad_token", "separator", "system_prompt")
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
 
 @dataclass
@@ -60,6 +106,8 @@ class RunConfig:
     concurrency: int = 64  # problems searched at once (their requests are batched)
     limit: int | None = None  # only the first N problems
     save_trees: bool = True  # write trees/<id>.msgpack
+    in_process: bool = False  # True: no Ray, in-process backends only (noisy_oracle, rule)
+    ray_num_cpus: int | None = None  # local Ray instance size (None: the machine's)
 
 
 @dataclass

@@ -46,7 +46,7 @@ def make_task(cfg: JobConfig) -> Task:
 
 
 def make_local_backends(cfg: JobConfig, task: Task) -> tuple[Generator, Scorer]:
-    """In-process deterministic backends. Model-backed ones run on Ray (``actors``)."""
+    """In-process deterministic backends. Model-backed ones run on Ray (``actors.driver``)."""
     g, p = cfg.generator, cfg.prm
     if g.backend != "noisy_oracle":
         raise ConfigError(f"generator.backend: {g.backend!r} is not an in-process backend (noisy_oracle)")

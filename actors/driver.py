@@ -1,0 +1,296 @@
+"""Runs a job on Ray: the same engine and algorithms, with actor pools as the backends.
+
+``run_on_ray`` validates the models (before any actor or search starts: a missing model dir,
+a non-HF dir, a PRM format that does not fit the vocabulary are :class:`ConfigError`), connects
+to ``address`` or starts a local Ray instance, starts generator and PRM replicas, waits until
+they are up (a replica that cannot start surfaces its cause; unschedulable resources time out
+with what was asked and what is free), then runs :func:`treesearch.runner.run_job` with
+:class:`GeneratorPool` / :class:`ScorerPool` as the transport.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError
+from ray.util.placement_group import placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from actors.dispatch import ReplicaPool
+from actors.generator import GeneratorActor, GeneratorSpec
+from actors.prm import PRMActor, PRMSpec, make_format
+from treesearch.backends.deterministic import ByteTokenizer, RulePRM
+from treesearch.config import ConfigError, JobConfig, ResourcesConfig
+from treesearch.prm import FORMATS, PRMFormatError, count_tokens
+from treesearch.protocol import ExpandRequest, ExpandResult, ScoreRequest, ScoreResult
+from treesearch.runner import make_task, run_job
+from treesearch.tasks.game24 import Game24
+
+GENERATOR_BACKENDS = ("noisy_oracle", "vllm", "hf")
+PRM_BACKENDS = ("rule", *FORMATS)
+
+
+# ----------------------------------------------------------------------------- validation
+def _check_model_dir(path: str | None, field: str) -> Path:
+    if not path:
+        raise ConfigError(f"{field}: a model directory is required for this backend")
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise ConfigError(f"{field}: model directory not found: {p}")
+    if not (p / "config.json").is_file():
+        raise ConfigError(f"{field}: {p} is not a Hugging Face model directory (no config.json)")
+    return p
+
+
+def _load_tokenizer(path: Path, field: str, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except Exception as e:
+        raise ConfigError(f"{field}: cannot load a tokenizer from {path}: {str(e).splitlines()[0]}") from e
+
+
+def validate(cfg: JobConfig) -> tuple[Any, Any]:
+    """Checks backends and models; returns (generator tokenizer, PRM tokenizer) (None if unused)."""
+    g, p = cfg.generator, cfg.prm
+    if g.backend not in GENERATOR_BACKENDS:
+        raise ConfigError(f"generator.backend: {g.backend!r} is not one of {list(GENERATOR_BACKENDS)}")
+    if p.backend not in PRM_BACKENDS:
+        raise ConfigError(f"prm.backend: {p.backend!r} is not one of {list(PRM_BACKENDS)}")
+    if p.engine not in ("transformers", "vllm"):
+        raise ConfigError(f"prm.engine: {p.engine!r} is not one of ['transformers', 'vllm']")
+    if p.engine == "vllm" and p.backend != "math_shepherd":
+        raise ConfigError(f"prm.engine: vllm serves the math_shepherd format only, not {p.backend}")
+    task = make_task(cfg)
+    if (g.backend == "noisy_oracle" or p.backend == "rule") and not isinstance(task, Game24):
+        raise ConfigError("noisy_oracle and the rule PRM support task game24 only")
+    gen_tok = prm_tok = None
+    if g.backend != "noisy_oracle":
+        gen_tok = _load_tokenizer(_check_model_dir(g.model, "generator.model"), "generator.model")
+    if p.backend != "rule":
+        path = _check_model_dir(p.model, "prm.model")
+        prm_tok = _load_tokenizer(path, "prm.model", p.trust_remote_code)
+        try:
+            FORMATS[p.backend](**p.format_args()).validate(prm_tok)
+        except PRMFormatError as e:
+            raise ConfigError(f"prm ({p.backend} format): {e}") from e
+    return gen_tok, prm_tok
+
+
+def generator_spec(cfg: JobConfig) -> GeneratorSpec:
+    g = cfg.generator
+    return GeneratorSpec(
+        backend=g.backend,
+        model=g.model,
+        dtype=g.dtype,
+        temperature=g.temperature,
+        top_p=g.top_p,
+        seed=cfg.run.seed,
+        error_rate=g.error_rate,
+        num_parameters=g.num_parameters,
+        gpu_memory_utilization=g.gpu_memory_utilization,
+        enforce_eager=g.enforce_eager,
+        max_model_len=g.max_model_len,
+        tensor_parallel_size=g.tensor_parallel_size,
+        block_size=g.block_size,
+        device=g.device,
+        latency_s=g.latency_s,
+    )
+
+
+def prm_spec(cfg: JobConfig) -> PRMSpec:
+    p = cfg.prm
+    return PRMSpec(
+        backend=p.backend,
+        engine=p.engine,
+        model=p.model,
+        format_args=p.format_args(),
+        reachability=p.reachability,
+        dtype=p.dtype,
+        device=p.device,
+        trust_remote_code=p.trust_remote_code,
+        gpu_memory_utilization=p.gpu_memory_utilization,
+        enforce_eager=p.enforce_eager,
+        max_model_len=p.max_model_len,
+        latency_s=p.latency_s,
+    )
+
+
+# ----------------------------------------------------------------------------- transports
+def _pool(handles: list[Any], invoke: Any, res: ResourcesConfig) -> ReplicaPool:
+    return ReplicaPool(
+        handles,
+        invoke,
+        key=lambda r: r.problem_id,
+        affinity_bound=res.affinity_bound,
+        max_batch=res.max_batch,
+        max_calls_in_flight=res.max_calls_in_flight,
+    )
+
+
+class GeneratorPool:
+    """``treesearch.protocol.Generator`` over generator replicas."""
+
+    def __init__(
+        self,
+        handles: list[Any],
+        tokenizer: Any,
+        num_parameters: float,
+        res: ResourcesConfig,
+        add_special_tokens: bool,
+    ):
+        self.pool = _pool(handles, lambda h, batch: h.generate.remote(batch), res)
+        self.num_parameters = num_parameters
+        self._tok, self._special = tokenizer, add_special_tokens
+
+    def tokenize(self, text: str) -> list[int]:
+        if isinstance(self._tok, ByteTokenizer):
+            return self._tok.encode(text)
+        return self._tok.encode(text, add_special_tokens=self._special)
+
+    async def generate(self, requests: list[ExpandRequest]) -> list[ExpandResult]:
+        return await self.pool.submit(requests)
+
+
+class ScorerPool:
+    """``treesearch.protocol.Scorer`` over PRM replicas; counts tokens exactly on the driver."""
+
+    def __init__(
+        self, handles: list[Any], spec: PRMSpec, tokenizer: Any, num_parameters: float, res: ResourcesConfig
+    ):
+        self.pool = _pool(handles, lambda h, batch: h.score.remote(batch), res)
+        self.num_parameters = num_parameters
+        self._rule = RulePRM(Game24(), spec.reachability) if spec.backend == "rule" else None
+        self._fmt = None if self._rule else make_format(spec)
+        self._tok = tokenizer
+
+    def count_tokens(self, request: ScoreRequest) -> int:
+        if self._rule is not None:
+            return self._rule.count_tokens(request)
+        return count_tokens(self._fmt, self._tok, request.prompt, request.steps)
+
+    async def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
+        return await self.pool.submit(requests)
+
+
+# ----------------------------------------------------------------------------- actors
+def _actor_options(res: ResourcesConfig, tensor_parallel_size: int = 1) -> dict[str, Any]:
+    opts: dict[str, Any] = {
+        "num_cpus": res.num_cpus,
+        "num_gpus": res.num_gpus,
+        "max_restarts": res.max_restarts,
+        "max_task_retries": 0,  # the dispatcher re-issues, so nothing is counted twice
+    }
+    if tensor_parallel_size > 1:  # vLLM places its ranks in the group; the shell takes no GPU
+        pg = placement_group(
+            [{"GPU": res.num_gpus or 1, "CPU": 1}] * tensor_parallel_size, strategy="STRICT_PACK"
+        )
+        opts.update(
+            num_gpus=0,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(
+                pg, placement_group_capture_child_tasks=True
+            ),
+        )
+    return opts
+
+
+def _start(
+    actor_cls: Any, spec: Any, res: ResourcesConfig, what: str, tp: int = 1
+) -> tuple[list[Any], list[dict]]:
+    handles = [actor_cls.options(**_actor_options(res, tp)).remote(spec, i) for i in range(res.replicas)]
+    try:
+        infos = ray.get([h.info.remote() for h in handles], timeout=res.startup_timeout_s)
+    except GetTimeoutError as e:
+        for h in handles:
+            ray.kill(h, no_restart=True)
+        asked = {"CPU": res.num_cpus, "GPU": res.num_gpus}
+        raise RuntimeError(
+            f"{what} replicas did not start within {res.startup_timeout_s:.0f} s: each asks {asked}, "
+            f"the cluster has {ray.available_resources()} free"
+        ) from e
+    except RayActorError as e:
+        for h in handles:
+            ray.kill(h, no_restart=True)
+        raise RuntimeError(f"{what} replica failed to start: {_root_cause(e)}") from e
+    return handles, infos
+
+
+def _root_cause(e: BaseException) -> str:
+    lines = [x for x in str(e).splitlines() if x.strip()]
+    errors = [x for x in lines if "Error" in x and not x.startswith(" ")]
+    return (errors[-1] if errors else lines[-1] if lines else repr(e)).strip()
+
+
+@dataclass
+class Backends:
+    generator: GeneratorPool
+    scorer: ScorerPool
+    generator_handles: list[Any]
+    prm_handles: list[Any]
+
+    def shutdown(self) -> None:
+        for h in self.generator_handles + self.prm_handles:
+            ray.kill(h, no_restart=True)
+
+
+def start_backends(cfg: JobConfig) -> Backends:
+    """Validates, then starts the replicas of both roles (Ray must be initialised)."""
+    gen_tok, prm_tok = validate(cfg)
+    gspec, pspec = generator_spec(cfg), prm_spec(cfg)
+    g_handles, g_infos = _start(
+        GeneratorActor, gspec, cfg.generator.resources, "generator", gspec.tensor_parallel_size
+    )
+    try:
+        p_handles, p_infos = _start(PRMActor, pspec, cfg.prm.resources, "PRM")
+    except Exception:
+        for h in g_handles:
+            ray.kill(h, no_restart=True)
+        raise
+    gen = GeneratorPool(
+        g_handles,
+        gen_tok or ByteTokenizer(),
+        g_infos[0]["num_parameters"],
+        cfg.generator.resources,
+        cfg.generator.add_special_tokens,
+    )
+    prm_params = p_infos[0]["num_parameters"] or cfg.prm.num_parameters
+    scorer = ScorerPool(p_handles, pspec, prm_tok, prm_params, cfg.prm.resources)
+    return Backends(gen, scorer, g_handles, p_handles)
+
+
+def init_ray(address: str | None, num_cpus: int | None) -> None:
+    """Connects to ``address``, or starts a local Ray. Actor logs reach the driver's stderr,
+    so an engine's own start-up error is shown above the one-line summary of it."""
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False)
+
+
+def run_on_ray(
+    cfg: JobConfig, out: Path, address: str | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """Runs ``cfg`` with actor pools on Ray (local unless ``address``); returns the summary."""
+    validate(cfg)  # fail on bad models before Ray starts
+    init_ray(address, cfg.run.ray_num_cpus)
+    backends = start_backends(cfg)
+    try:
+        summary = run_job(cfg, out, backends.generator, backends.scorer, progress=progress)
+        stats = {
+            "generator_routed": backends.generator.pool.stats.routed,
+            "generator_reissued": backends.generator.pool.stats.reissued,
+            "prm_reissued": backends.scorer.pool.stats.reissued,
+            "affinity_hits": backends.generator.pool.stats.affinity_hits,
+        }
+        summary["dispatch"] = stats
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+    finally:
+        backends.shutdown()

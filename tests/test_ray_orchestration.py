@@ -1,0 +1,215 @@
+"""Ray layer with deterministic backends: identity with in-process runs, faults, affinity,
+the shared tree store under concurrent workers, and start-up failures. One Ray per module."""
+
+import asyncio
+import json
+import threading
+import time
+
+import pytest
+import ray
+
+from actors.driver import Backends, start_backends
+from actors.tree_store import TreeStoreActor
+from treesearch.cli import main
+from treesearch.config import load_config
+from treesearch.policies import puct_value
+from treesearch.runner import run_job
+from treesearch.tree import NO_PARENT, Step, Tree
+
+from .test_cli import CONFIGS
+
+ALGOS = ["best_of_n", "beam", "dvts", "tot_bfs", "tot_dfs", "mcts"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_instance():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _cfg(algo, *extra):
+    # actors take no CPU so several pools fit in a 2-CPU Ray
+    return load_config(
+        CONFIGS / f"game24-{algo}.yaml",
+        ["run.limit=8", "generator.resources.num_cpus=0", "prm.resources.num_cpus=0", *extra],
+    )
+
+
+# Depend on the replica's prefix-cache state (warm across jobs, cold after a restart) or on time.
+CACHE_DEPENDENT = ("wall_seconds", "policy_cached_prompt_tokens", "policy_prefill_flops", "flops")
+
+
+def _rows(out):
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    for r in rows:
+        for k in CACHE_DEPENDENT:
+            r["ledger"].pop(k)
+    return sorted(rows, key=lambda r: r["id"])
+
+
+def _same_tree(a: Tree, b: Tree) -> bool:
+    da, db = a.to_dict(), b.to_dict()
+    da.pop("replica"), db.pop("replica")  # Ray records which replica made a node
+    return json.dumps(da, default=str) == json.dumps(db, default=str)
+
+
+@pytest.fixture(scope="module")
+def backends():
+    b = start_backends(_cfg("beam", "generator.resources.replicas=2"))
+    yield b
+    b.shutdown()
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_ray_run_equals_in_process_run(tmp_path, backends: Backends, algo):
+    cfg = _cfg(algo)
+    ray_out, local_out = tmp_path / "ray", tmp_path / "local"
+    run_job(cfg, ray_out, backends.generator, backends.scorer, progress=False)
+    run_job(cfg, local_out, progress=False)
+    assert _rows(ray_out) == _rows(local_out)
+    for f in (local_out / "trees").iterdir():
+        assert _same_tree(
+            Tree.from_msgpack(f.read_bytes()), Tree.from_msgpack((ray_out / "trees" / f.name).read_bytes())
+        )
+
+
+def test_prefix_affinity_keeps_each_tree_on_one_replica(tmp_path, backends: Backends):
+    cfg = _cfg("beam", "run.limit=16")
+    before = list(backends.generator.pool.stats.routed)
+    run_job(cfg, tmp_path, backends.generator, backends.scorer, progress=False)
+    used = set()
+    for f in (tmp_path / "trees").iterdir():
+        tree = Tree.from_msgpack(f.read_bytes())
+        replicas = {tree.replica[n] for n in range(1, len(tree))}
+        assert len(replicas) == 1, (f.name, replicas)  # every expansion of this tree on one replica
+        used |= replicas
+    assert used == {0, 1}  # and the trees were spread over both replicas
+    routed = [a - b for a, b in zip(backends.generator.pool.stats.routed, before, strict=True)]
+    assert min(routed) > 0.25 * sum(routed)
+
+
+def test_killed_generator_and_prm_replicas_lose_nothing(tmp_path):
+    cfg = _cfg(
+        "mcts",
+        "run.limit=12",
+        "generator.latency_s=0.05",
+        "prm.latency_s=0.05",
+        "prm.resources.max_calls_in_flight=1",
+        "generator.resources.replicas=2",
+        "prm.resources.replicas=2",
+        "generator.resources.max_calls_in_flight=1",
+    )
+    b = start_backends(cfg)
+    try:
+        killer = threading.Thread(target=_kill_midway, args=(tmp_path / "ray", b))
+        killer.start()
+        run_job(cfg, tmp_path / "ray", b.generator, b.scorer, progress=False)
+        killer.join()
+        assert b.generator.pool.stats.reissued > 0 and b.scorer.pool.stats.reissued > 0
+    finally:
+        b.shutdown()
+    run_job(cfg, tmp_path / "local", progress=False)
+    ray_rows, local_rows = _rows(tmp_path / "ray"), _rows(tmp_path / "local")
+    assert len(ray_rows) == 12 and [r["id"] for r in ray_rows] == [r["id"] for r in local_rows]
+    # each completed request counted once: the ledgers equal the undisturbed run's
+    assert ray_rows == local_rows
+
+
+def _kill_midway(out, b: Backends):
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        done = out / "results.jsonl"
+        if done.exists() and len(done.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.02)
+    for pool, handles in ((b.generator.pool, b.generator_handles), (b.scorer.pool, b.prm_handles)):
+        while time.time() < deadline:  # kill a replica while it holds requests in flight
+            busy = [r for r, load in enumerate(pool.load) if load > 0]
+            if busy:
+                ray.kill(handles[busy[0]], no_restart=False)
+                break
+            time.sleep(0.001)
+
+
+def test_tree_store_survives_concurrent_simulations():
+    store = TreeStoreActor.remote()
+    ray.get(store.create.remote("p", "1 2 3 4\n"))
+    policy = puct_value
+
+    async def worker(w: int, sims: int):
+        for i in range(sims):
+            path = await store.select.remote("p", policy)
+            leaf = path[-1]
+            kids = await store.add_children.remote(
+                "p", leaf, [Step(f"w{w}-{i}-{j}", (j,), -j) for j in range(2)]
+            )
+            await store.undo_virtual_loss.remote("p", path)
+            for k in kids:
+                await store.backup.remote("p", k, 0.5 + 0.1 * (k % 3))
+
+    async def all_workers():
+        await asyncio.gather(*(worker(w, 15) for w in range(6)))
+
+    asyncio.run(all_workers())
+    tree = Tree.from_msgpack(ray.get(store.get.remote("p")))
+    assert len(tree) == 1 + 6 * 15 * 2
+    for n in range(len(tree)):
+        assert tree.virtual_loss[n] == 0
+        assert tree.parent[n] == NO_PARENT or tree.parent[n] < n
+        assert tree.visits[n] == (1 if n else 0) + sum(tree.visits[c] for c in tree.children[n])
+
+
+def test_unschedulable_replica_fails_with_its_resources(tmp_path):
+    cfg = _cfg("beam", "generator.resources.num_gpus=1", "generator.resources.startup_timeout_s=3")
+    with pytest.raises(RuntimeError, match=r"did not start within 3 s: each asks .*'GPU': 1.0"):
+        start_backends(cfg)
+
+
+def test_replica_that_crashes_at_start_surfaces_its_cause(tmp_path):
+    from treesearch.models.tiny import build_char_tokenizer, build_tiny_llama
+
+    model = build_tiny_llama(tmp_path / "m", build_char_tokenizer())
+    for f in model.glob("*.safetensors"):
+        f.write_bytes(b"not a safetensors file")
+    cfg = _cfg("beam", "generator.backend=hf", f"generator.model={model}")
+    with pytest.raises(RuntimeError, match=r"generator replica failed to start: .*Error"):
+        start_backends(cfg)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["generator.backend=vllm", "generator.model=/nonexistent/model"],
+            "generator.model: model directory not found",
+        ),
+        (["generator.backend=vllm", "generator.model=CONFIGS"], "is not a Hugging Face model directory"),
+        (["prm.backend=math_shepherd", "prm.model=MODEL"], "step tag 'ки' is not a single token"),
+        (
+            ["prm.backend=math_shepherd", "prm.model=MODEL", "prm.step_tag=Q"],
+            "step tag 'Q' is not a single token",
+        ),
+        (["prm.backend=qwen_prm", "prm.model=MODEL"], "step separator '<extra_0>' is not a single token"),
+        (
+            ["prm.backend=math_shepherd", "prm.engine=vllm", "prm.model=MODEL", "prm.step_tag=+"],
+            "must differ from the label",
+        ),
+    ],
+)
+def test_bad_models_fail_before_search_with_exit_2(tmp_path, capsys, overrides, message):
+    from treesearch.models.tiny import build_char_tokenizer, build_tiny_llama
+
+    model = build_tiny_llama(tmp_path / "m", build_char_tokenizer(), hidden=32, heads=1, layers=1)
+    sub = {"MODEL": str(model), "CONFIGS": str(CONFIGS)}
+    args = []
+    for o in overrides:
+        k, v = o.split("=", 1)
+        args += ["--set", f"{k}={sub.get(v, v)}"]
+    out = tmp_path / "out"
+    capsys.readouterr()  # drop the model builder's own output
+    rc = main(["run", str(CONFIGS / "game24-beam.yaml"), "--out", str(out), "--quiet", *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and message in err[0], err
+    assert not out.exists()
