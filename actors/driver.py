@@ -31,7 +31,7 @@ from treesearch.runner import make_task, run_job
 from treesearch.tasks.game24 import Game24
 
 GENERATOR_BACKENDS = ("noisy_oracle", "vllm", "hf")
-PRM_BACKENDS = ("rule", *FORMATS)
+PRM_BACKENDS = ("rule", "mc_rollout", *FORMATS)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -72,7 +72,7 @@ def validate(cfg: JobConfig) -> tuple[Any, Any]:
     gen_tok = prm_tok = None
     if g.backend != "noisy_oracle":
         gen_tok = _load_tokenizer(_check_model_dir(g.model, "generator.model"), "generator.model")
-    if p.backend != "rule":
+    if p.backend not in ("rule", "mc_rollout"):
         path = _check_model_dir(p.model, "prm.model")
         prm_tok = _load_tokenizer(path, "prm.model", p.trust_remote_code)
         try:
@@ -229,7 +229,7 @@ def _root_cause(e: BaseException) -> str:
 @dataclass
 class Backends:
     generator: GeneratorPool
-    scorer: ScorerPool
+    scorer: ScorerPool | None  # None for mc_rollout: it rolls out through the generator pool
     generator_handles: list[Any]
     prm_handles: list[Any]
 
@@ -259,19 +259,20 @@ def start_backends(cfg: JobConfig) -> Backends:
         cfg.generator.add_special_tokens,
     )
     prm_params = p_infos[0]["num_parameters"] or cfg.prm.num_parameters
-    scorer = ScorerPool(p_handles, pspec, prm_tok, prm_params, cfg.prm.resources)
+    scorer = ScorerPool(p_handles, pspec, prm_tok, prm_params, cfg.prm.resources) if p_handles else None
     return Backends(gen, scorer, g_handles, p_handles)
 
 
-def init_ray(address: str | None, num_cpus: int | None) -> None:
-    """Connects to ``address``, or starts a local Ray. Actor logs reach the driver's stderr,
-    so an engine's own start-up error is shown above the one-line summary of it."""
+def init_ray(address: str | None, num_cpus: int | None) -> bool:
+    """Connects to ``address``, or starts a local Ray; True if this call started it. Actor logs
+    reach the driver's stderr, so an engine's own start-up error shows above our summary of it."""
     if ray.is_initialized():
-        return
+        return False
     if address:
         ray.init(address=address)
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False)
+    return True
 
 
 def run_on_ray(
@@ -279,14 +280,19 @@ def run_on_ray(
 ) -> dict[str, Any]:
     """Runs ``cfg`` with actor pools on Ray (local unless ``address``); returns the summary."""
     validate(cfg)  # fail on bad models before Ray starts
-    init_ray(address, cfg.run.ray_num_cpus)
-    backends = start_backends(cfg)
+    started = init_ray(address, cfg.run.ray_num_cpus)
+    try:
+        backends = start_backends(cfg)
+    except Exception:
+        if started:
+            ray.shutdown()
+        raise
     try:
         summary = run_job(cfg, out, backends.generator, backends.scorer, progress=progress)
         stats = {
             "generator_routed": backends.generator.pool.stats.routed,
             "generator_reissued": backends.generator.pool.stats.reissued,
-            "prm_reissued": backends.scorer.pool.stats.reissued,
+            "prm_reissued": backends.scorer.pool.stats.reissued if backends.scorer else 0,
             "affinity_hits": backends.generator.pool.stats.affinity_hits,
         }
         summary["dispatch"] = stats
@@ -294,3 +300,5 @@ def run_on_ray(
         return summary
     finally:
         backends.shutdown()
+        if started:
+            ray.shutdown()

@@ -78,7 +78,17 @@ def test_run_writes_the_output_contract(tmp_path, capsys):
     ],
 )
 def test_bad_config_exits_2_with_one_line(tmp_path, capsys, args, message):
-    rc = main(["run", str(CONFIGS / "game24-beam.yaml"), "--out", str(tmp_path / "o"), "--quiet", *args])
+    rc = main(
+        [
+            "run",
+            str(CONFIGS / "game24-beam.yaml"),
+            "--out",
+            str(tmp_path / "o"),
+            "--quiet",
+            "--in-process",
+            *args,
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2
     assert len(err.splitlines()) == 1 and message in err, err
@@ -86,14 +96,14 @@ def test_bad_config_exits_2_with_one_line(tmp_path, capsys, args, message):
 
 
 def test_missing_and_malformed_config_files(tmp_path, capsys):
-    assert main(["run", str(tmp_path / "nope.yaml")]) == 2
+    assert main(["run", str(tmp_path / "nope.yaml"), "--in-process"]) == 2
     assert "config file not found" in capsys.readouterr().err
     bad = tmp_path / "bad.yaml"
     bad.write_text("task: [unclosed\n")
-    assert main(["run", str(bad)]) == 2
+    assert main(["run", str(bad), "--in-process"]) == 2
     assert "invalid YAML" in capsys.readouterr().err
     bad.write_text("- a list\n")
-    assert main(["run", str(bad)]) == 2
+    assert main(["run", str(bad), "--in-process"]) == 2
     assert "expected a mapping" in capsys.readouterr().err
 
 
@@ -113,3 +123,53 @@ def test_every_shipped_config_loads_and_runs(tmp_path):
         cfg = load_config(c, ["run.limit=3"])
         summary = run_job(cfg, tmp_path / c.stem, progress=False)
         assert summary["n_problems"] == 3 and summary["accuracy"] <= summary["coverage"]
+
+
+def test_default_run_uses_a_local_ray(tmp_path):
+    """Without --in-process, ``treesearch run`` starts a local Ray and runs on actor pools."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "ray-run"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "treesearch.cli",
+            "run",
+            str(CONFIGS / "game24-beam.yaml"),
+            "--limit",
+            "3",
+            "--out",
+            str(out),
+            "--quiet",
+            "--set",
+            "run.ray_num_cpus=2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_problems"] == 3 and sum(summary["dispatch"]["generator_routed"]) > 0
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "treesearch.cli",
+            "run",
+            str(CONFIGS / "game24-beam.yaml"),
+            "--out",
+            str(tmp_path / "bad"),
+            "--set",
+            "generator.backend=vllm",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        "error: generator.model: a model directory is required for this backend"
+    ]

@@ -1,5 +1,7 @@
 """Engine: batching across problems, budgets, ledger, failures, non-finite PRM scores."""
 
+import asyncio
+import json
 import math
 
 import pytest
@@ -112,3 +114,49 @@ def test_no_budget_is_ever_exceeded(algorithm, unit, fraction, seed):
     results, _, _, _ = run_inprocess(algorithm, budget=budget, n_problems=3, seed=seed)
     for r in results:
         assert r.ledger.value(unit) <= limit
+
+
+def test_mc_rollout_prm_values_are_fractions_of_correct_rollouts():
+    from treesearch.backends.mc_rollout import MonteCarloRolloutPRM
+    from treesearch.protocol import ScoreRequest
+    from treesearch.tasks import game24 as g
+
+    task = Game24("all")
+    p = task.problem((4, 6, 12, 13))
+    gen = NoisyOracleGenerator(0.0, 0)  # never errs: every rollout from a solvable state solves it
+    prm = MonteCarloRolloutPRM(gen, task, [p], rollouts=4, max_step_tokens=40)
+    good = [m.text() for m in g.solve(g.state_of((4, 6, 12, 13)))]
+    dead = "13 + 12 = 25 (left: 4 6 25)"
+    assert not g.reachable(g.state_of((4, 6, 25)))
+    req = ScoreRequest(p.id, 1, p.prompt, (good[0], good[1]))
+    (res,) = asyncio.run(prm.score([req]))
+    assert res.step_scores == (1.0, 1.0) and 0 < res.tokens <= prm.count_tokens(req)
+    (res,) = asyncio.run(prm.score([ScoreRequest(p.id, 2, p.prompt, (dead,))]))
+    assert res.step_scores == (0.0,)
+    (res,) = asyncio.run(prm.score([ScoreRequest(p.id, 3, p.prompt, tuple(good))]))
+    assert res.step_scores == (1.0, 1.0, 1.0)  # a finished chain: its own correctness
+    noisy = MonteCarloRolloutPRM(NoisyOracleGenerator(0.6, 0), task, [p], rollouts=8, max_step_tokens=40)
+    (res,) = asyncio.run(noisy.score([ScoreRequest(p.id, 1, p.prompt, (good[0],))]))
+    assert 0.0 <= res.step_scores[0] < 1.0 and (res.step_scores[0] * 8).is_integer()
+
+
+def test_mc_rollout_prm_in_a_search_respects_the_budget(tmp_path):
+    from treesearch.config import load_config
+    from treesearch.runner import run_job
+
+    cfg = load_config(
+        None,
+        [
+            "algorithm={name: beam, width: 2, expansions: 2}",
+            "prm.backend=mc_rollout",
+            "prm.rollouts=2",
+            "budget.total_tokens=6000",
+            "run.limit=4",
+            "task.split=dev",
+            "generator.max_step_tokens=40",
+        ],
+    )
+    s = run_job(cfg, tmp_path, progress=False)
+    assert s["ledger"]["prm_tokens"] > 0 and s["ledger"]["prm_flops"] > 0
+    for line in (tmp_path / "results.jsonl").read_text().splitlines():
+        assert json.loads(line)["ledger"]["total_tokens"] <= 6000

@@ -24,6 +24,8 @@ ALGOS = ["best_of_n", "beam", "dvts", "tot_bfs", "tot_dfs", "mcts"]
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_instance():
+    if ray.is_initialized():  # one Ray per module
+        ray.shutdown()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()

@@ -76,10 +76,11 @@ class GeneratorConfig:
 
 @dataclass
 class PRMConfig:
-    backend: str = "rule"  # rule | math_shepherd | qwen_prm | outcome_rm
+    backend: str = "rule"  # rule | math_shepherd | qwen_prm | outcome_rm | mc_rollout (ORACLE)
     engine: str = "transformers"  # transformers | vllm (math_shepherd only)
     model: str | None = None  # HF model dir (model backends)
     reachability: bool = True  # rule: also require 24 reachable (an ORACLE: a ceiling)
+    rollouts: int = 4  # mc_rollout: continuations per step (fraction correct: an ORACLE label)
     num_parameters: float = 0.0  # rule: nominal size for FLOPs (models: read from weights)
     step_tag: str | None = None  # math_shepherd: default "ки"
     good_token: str | None = None  # math_shepherd: default "+"

@@ -86,8 +86,9 @@ class Generator(Protocol):
 
 
 class Scorer(Protocol):
-    """A batch PRM transport. ``count_tokens`` must equal the ``tokens`` the PRM reports, so
-    that budgets can reserve PRM compute exactly before sending."""
+    """A batch PRM transport. ``count_tokens`` is computed before sending and must be at least
+    the ``tokens`` the PRM then reports (exact for model PRMs), so budgets can reserve PRM
+    compute safely."""
 
     num_parameters: float
 

@@ -23,6 +23,7 @@ import yaml
 
 from treesearch.algorithms import ALGORITHMS
 from treesearch.backends.deterministic import NoisyOracleGenerator, RulePRM
+from treesearch.backends.mc_rollout import MonteCarloRolloutPRM
 from treesearch.budget import Ledger
 from treesearch.config import ConfigError, JobConfig
 from treesearch.engine import ProblemResult, run_problems
@@ -45,20 +46,31 @@ def make_task(cfg: JobConfig) -> Task:
         raise ConfigError(f"task: {e}") from e
 
 
-def make_local_backends(cfg: JobConfig, task: Task) -> tuple[Generator, Scorer]:
+def make_local_backends(cfg: JobConfig, task: Task, problems: list[Problem]) -> tuple[Generator, Scorer]:
     """In-process deterministic backends. Model-backed ones run on Ray (``actors.driver``)."""
     g, p = cfg.generator, cfg.prm
     if g.backend != "noisy_oracle":
         raise ConfigError(f"generator.backend: {g.backend!r} is not an in-process backend (noisy_oracle)")
-    if p.backend != "rule":
-        raise ConfigError(f"prm.backend: {p.backend!r} is not an in-process backend (rule)")
+    if p.backend not in ("rule", "mc_rollout"):
+        raise ConfigError(f"prm.backend: {p.backend!r} is not an in-process backend (rule, mc_rollout)")
     if not isinstance(task, Game24):
         raise ConfigError("generator.backend: noisy_oracle and the rule PRM support task game24 only")
     try:
-        gen = NoisyOracleGenerator(g.error_rate, cfg.run.seed, g.num_parameters)
+        gen = NoisyOracleGenerator(g.error_rate, cfg.run.seed, g.num_parameters, g.latency_s)
     except ValueError as e:
         raise ConfigError(f"generator: {e}") from e
+    if p.backend == "mc_rollout":
+        return gen, mc_rollout_prm(cfg, gen, task, problems)
     return gen, RulePRM(task, p.reachability, p.num_parameters)
+
+
+def mc_rollout_prm(cfg: JobConfig, generator: Generator, task: Task, problems: list[Problem]) -> Scorer:
+    try:
+        return MonteCarloRolloutPRM(
+            generator, task, problems, cfg.prm.rollouts, cfg.generator.max_step_tokens
+        )
+    except ValueError as e:
+        raise ConfigError(f"prm: {e}") from e
 
 
 def select_problems(task: Task, limit: int | None) -> list[Problem]:
@@ -143,11 +155,15 @@ def run_job(
     task = make_task(cfg)
     algo = ALGORITHMS[cfg.algorithm["name"]]
     algo_cfg = cfg.algorithm_config()
-    if generator is None or scorer is None:
-        generator, scorer = make_local_backends(cfg, task)
     problems = select_problems(task, cfg.run.limit)
     if not problems:
         raise ConfigError("task: the selected split holds no problems")
+    if generator is None:
+        generator, scorer = make_local_backends(cfg, task, problems)
+    elif scorer is None and cfg.prm.backend == "mc_rollout":
+        scorer = mc_rollout_prm(cfg, generator, task, problems)
+    if scorer is None:
+        raise ValueError("run_job: a generator was given without a scorer")
     writer = RunWriter(out, cfg)
     bar = Progress(len(problems)) if progress else None
 
