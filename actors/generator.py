@@ -233,16 +233,40 @@ WORKERS: dict[str, type] = {"noisy_oracle": OracleWorker, "vllm": VLLMWorker, "h
 
 @ray.remote
 class GeneratorActor:
-    """A generator replica. Async: a batch waits on the device while others are received."""
+    """A generator replica. Async: a batch waits on the device while others are received.
+
+    Exports Prometheus metrics through Ray (tag ``replica``): ``treesearch_generator_requests``,
+    ``treesearch_generated_tokens``, ``treesearch_prompt_tokens``, ``treesearch_cached_prompt_tokens``.
+    """
 
     def __init__(self, spec: GeneratorSpec, replica: int):
+        from ray.util.metrics import Counter
+
         self.worker = WORKERS[spec.backend](spec, replica)
         self.replica = replica
-        self.requests = 0
+        self.tags = {"replica": str(replica)}
+        names = ("requests", "generated_tokens", "prompt_tokens", "cached_prompt_tokens")
+        self.metrics = {
+            n: Counter(
+                f"treesearch_{'generator_' if n == 'requests' else ''}{n}",
+                f"generator {n.replace('_', ' ')}",
+                tag_keys=("replica",),
+            )
+            for n in names
+        }
 
     async def info(self) -> dict[str, Any]:
         return {"replica": self.replica, "num_parameters": self.worker.num_parameters, "pid": os.getpid()}
 
     async def generate(self, requests: list[ExpandRequest]) -> list[ExpandResult]:
-        self.requests += len(requests)
-        return await self.worker.generate(requests)
+        results = await self.worker.generate(requests)
+        counts = {
+            "requests": len(requests),
+            "generated_tokens": sum(r.generated_tokens for r in results),
+            "prompt_tokens": sum(r.prompt_tokens for r in results),
+            "cached_prompt_tokens": sum(r.cached_prompt_tokens for r in results),
+        }
+        for name, value in counts.items():
+            if value > 0:  # Ray counters accept only positive increments
+                self.metrics[name].inc(value, self.tags)
+        return results

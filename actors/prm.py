@@ -203,14 +203,25 @@ def make_prm_worker(spec: PRMSpec):
 
 @ray.remote
 class PRMActor:
-    """A PRM replica."""
+    """A PRM replica. Exports ``treesearch_prm_requests`` and ``treesearch_prm_tokens``."""
 
     def __init__(self, spec: PRMSpec, replica: int):
+        from ray.util.metrics import Counter
+
         self.worker = make_prm_worker(spec)
         self.replica = replica
+        self.tags = {"replica": str(replica)}
+        self.requests = Counter("treesearch_prm_requests", "PRM chains scored", tag_keys=("replica",))
+        self.tokens = Counter("treesearch_prm_tokens", "PRM tokens", tag_keys=("replica",))
 
     async def info(self) -> dict[str, Any]:
         return {"replica": self.replica, "num_parameters": self.worker.num_parameters, "pid": os.getpid()}
 
     async def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
-        return await self.worker.score(requests)
+        results = await self.worker.score(requests)
+        tokens = sum(r.tokens for r in results)
+        if requests:  # Ray counters accept only positive increments
+            self.requests.inc(len(requests), self.tags)
+        if tokens > 0:
+            self.tokens.inc(tokens, self.tags)
+        return results

@@ -10,10 +10,15 @@ import ray
 from actors.driver import start_backends
 from actors.generator import GeneratorSpec, HFWorker
 from actors.prm import PRMActor, PRMSpec, TransformersPRMWorker
-from treesearch.config import load_config
+from treesearch.algorithms import ALGORITHMS
+from treesearch.budget import Budget
+from treesearch.config import build, load_config
+from treesearch.engine import run_problems
 from treesearch.models.tiny import build_char_tokenizer, build_tiny_llama
 from treesearch.protocol import ExpandRequest, ScoreRequest
 from treesearch.runner import run_job
+from treesearch.tasks.base import Problem
+from treesearch.tasks.game24 import Game24
 from treesearch.tree import TERMINAL, Tree
 
 from .test_cli import CONFIGS
@@ -96,20 +101,21 @@ def test_cached_prompt_tokens_come_from_vllm(tmp_path, models, stack):
     req = ExpandRequest("cache-probe", 0, text, tuple(tok.encode(text, add_special_tokens=False)), 2, 8, "\n")
     first, second = (asyncio.run(stack.generator.generate([req]))[0] for _ in range(2))
     assert first.prompt_tokens == 84 and second.cached_prompt_tokens == 64
-    # Through a search: near-greedy sampling of the fixed-seed model gives reproducible long
-    # steps, so prompts span blocks and siblings share their parent's.
-    cfg = load_config(
-        CONFIGS / "game24-beam.yaml",
-        _overrides(
-            models,
-            "algorithm={name: beam, width: 2, expansions: 2}",
-            "generator.max_step_tokens=40",
-            "generator.temperature=0.05",
-            "budget.generated_tokens=1000",
-        ),
+    # Through a search: the prompt spans two full blocks, so every expansion after the first
+    # shares them whatever the model generates.
+    problem = Problem("long-prompt", "4 5 6 10\n" * 8, {"numbers": [4, 5, 6, 10]})
+    algo = ALGORITHMS["beam"]
+    beam_cfg = build(algo.config, {"width": 2, "expansions": 2}, "algorithm")
+
+    async def search(ctx):
+        return await algo.run(ctx, beam_cfg)
+
+    _, job, _ = asyncio.run(
+        run_problems([problem], Game24("dev"), search, stack.generator, stack.scorer, Budget(), 24)
     )
-    led = run_job(cfg, tmp_path, stack.generator, stack.scorer, progress=False)["ledger"]
-    assert 0 < led["policy_cached_prompt_tokens"] <= led["policy_prompt_tokens"]
+    assert job.generator_calls >= 3  # the root, then each kept beam
+    assert job.policy_cached_prompt_tokens >= 64 * (job.generator_calls - 1)
+    assert job.policy_cached_prompt_tokens <= job.policy_prompt_tokens
 
 
 def test_vllm_pooling_prm_matches_transformers(models):
