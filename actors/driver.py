@@ -186,6 +186,8 @@ def _actor_options(res: ResourcesConfig, tensor_parallel_size: int = 1) -> dict[
         "max_restarts": res.max_restarts,
         "max_task_retries": 0,  # the dispatcher re-issues, so nothing is counted twice
     }
+    if res.custom:  # e.g. {"generator": 1}: land on the pods that advertise it (k8s/)
+        opts["resources"] = dict(res.custom)
     if tensor_parallel_size > 1:  # vLLM places its ranks in the group; the shell takes no GPU
         pg = placement_group(
             [{"GPU": res.num_gpus or 1, "CPU": 1}] * tensor_parallel_size, strategy="STRICT_PACK"
@@ -276,7 +278,7 @@ def init_ray(address: str | None, num_cpus: int | None) -> bool:
 
 
 def run_on_ray(
-    cfg: JobConfig, out: Path, address: str | None = None, progress: bool = True
+    cfg: JobConfig, out: Path, address: str | None = None, progress: bool = True, resume: bool = False
 ) -> dict[str, Any]:
     """Runs ``cfg`` with actor pools on Ray (local unless ``address``); returns the summary."""
     validate(cfg)  # fail on bad models before Ray starts
@@ -288,7 +290,7 @@ def run_on_ray(
             ray.shutdown()
         raise
     try:
-        summary = run_job(cfg, out, backends.generator, backends.scorer, progress=progress)
+        summary = run_job(cfg, out, backends.generator, backends.scorer, progress=progress, resume=resume)
         stats = {
             "generator_routed": backends.generator.pool.stats.routed,
             "generator_reissued": backends.generator.pool.stats.reissued,

@@ -26,6 +26,7 @@ def test_run_writes_the_output_contract(tmp_path, capsys):
             "--set",
             "algorithm.width=3",
             "--quiet",
+            "--in-process",
         ]
     )
     assert rc == 0
@@ -173,3 +174,74 @@ def test_default_run_uses_a_local_ray(tmp_path):
     assert bad.stderr.strip().splitlines() == [
         "error: generator.model: a model directory is required for this backend"
     ]
+
+
+def test_sigkill_mid_run_then_resume_answers_each_problem_once(tmp_path):
+    """Kill the driver (SIGKILL) mid-run, resume: every problem answered exactly once, finished
+    ones not recomputed, and the totals equal those of an uninterrupted run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    base = [
+        sys.executable,
+        "-m",
+        "treesearch.cli",
+        "run",
+        str(CONFIGS / "game24-mcts.yaml"),
+        "--in-process",
+        "--quiet",
+        "--out",
+        str(out),
+        "--limit",
+        "24",
+        "--set",
+        "run.concurrency=4",
+    ]
+    slow = ["--set", "generator.latency_s=0.03"]  # operational: does not change the config hash
+    proc = subprocess.Popen(base + slow, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = out / "results.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not results.exists() or len(results.read_text().splitlines()) < 6):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = results.read_bytes()
+    first_rows = [json.loads(x) for x in first.decode().splitlines() if x.endswith("}")]
+    assert 6 <= len(first_rows) < 24 and not (out / "summary.json").exists()
+
+    changed = subprocess.run([*base, "--resume", "--set", "algorithm.c=2.0"], capture_output=True, text=True)
+    assert changed.returncode == 2 and "config differs in algorithm.c" in changed.stderr
+    assert subprocess.run(base, capture_output=True, text=True).returncode == 2  # no silent overwrite
+
+    done = subprocess.run([*base, "--resume"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(x) for x in results.read_text().splitlines()]
+    ids = [r["id"] for r in rows]
+    assert len(ids) == len(set(ids)) == 24  # each problem exactly once
+    assert results.read_bytes().startswith(first[: first.rfind(b"\n") + 1])  # finished ones kept as they were
+    meta = json.loads((out / "run.json").read_text())
+    assert [s["problems_run"] for s in meta["sessions"]][-1] == 24 - len(first_rows)  # not recomputed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["sessions"] == 2 and summary["n_problems"] == 24  # refused attempts leave no session
+
+    ref = tmp_path / "ref"
+    assert (
+        subprocess.run(
+            [*base[:-6], "--out", str(ref), "--limit", "24", "--set", "run.concurrency=4"]
+        ).returncode
+        == 0
+    )
+    ref_summary = json.loads((ref / "summary.json").read_text())
+    for key in (
+        "policy_generated_tokens",
+        "policy_prompt_tokens",
+        "prm_tokens",
+        "generator_calls",
+        "prm_calls",
+        "nodes",
+    ):
+        assert summary["ledger"][key] == ref_summary["ledger"][key] == sum(r["ledger"][key] for r in rows)
+    assert summary["accuracy"] == ref_summary["accuracy"]

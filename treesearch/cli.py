@@ -32,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--out", type=Path, default=None, help="output dir (default: runs/<config>-<time>)")
     run.add_argument("--limit", type=int, default=None, help="only the first N problems")
+    run.add_argument(
+        "--resume", action="store_true", help="continue the run in --out: skip finished problems"
+    )
     run.add_argument("--quiet", action="store_true", help="no progress line")
     run.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
     run.add_argument(
@@ -60,9 +63,11 @@ def _run(args: argparse.Namespace) -> int:
         overrides.append(f"run.limit={args.limit}")
     try:
         cfg = load_config(args.config, overrides)
+        if args.resume and args.out is None:
+            raise ConfigError("--resume needs --out DIR (the run to continue)")
         out = args.out or Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
         if cfg.run.in_process:
-            summary = run_job(cfg, out, progress=not args.quiet)
+            summary = run_job(cfg, out, progress=not args.quiet, resume=args.resume)
         else:
             try:
                 from actors.driver import run_on_ray, validate
@@ -71,7 +76,7 @@ def _run(args: argparse.Namespace) -> int:
                     f"Ray is not installed ({e.name}): install treesearch[ray] or pass --in-process"
                 ) from e
             validate(cfg)
-            summary = run_on_ray(cfg, out, args.address, progress=not args.quiet)
+            summary = run_on_ray(cfg, out, args.address, progress=not args.quiet, resume=args.resume)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -46,6 +46,7 @@ class ResourcesConfig:
     replicas: int = 1  # actor replicas
     num_cpus: float = 1.0  # per replica
     num_gpus: float = 0.0  # per replica (fractional allowed); with tensor_parallel_size > 1, per rank
+    custom: dict[str, float] = field(default_factory=dict)  # Ray custom resources, e.g. {generator: 1}
     max_restarts: int = 3  # Ray restarts a replica that dies, this many times
     startup_timeout_s: float = 600.0  # fail (with the cause) if replicas are not up by then
     affinity_bound: int = 16  # prefix affinity holds while home load <= least load + this

@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
-
-import yaml
 
 from treesearch.algorithms import ALGORITHMS
 from treesearch.backends.deterministic import NoisyOracleGenerator, RulePRM
@@ -28,6 +25,7 @@ from treesearch.budget import Ledger
 from treesearch.config import ConfigError, JobConfig
 from treesearch.engine import ProblemResult, run_problems
 from treesearch.protocol import Generator, Scorer
+from treesearch.rundir import RunDir
 from treesearch.tasks.base import Problem, Task
 from treesearch.tasks.game24 import Game24
 from treesearch.tree import Tree
@@ -79,63 +77,48 @@ def select_problems(task: Task, limit: int | None) -> list[Problem]:
 
 
 def summarize(
-    cfg: JobConfig, results: list[ProblemResult], job: Ledger, extra: dict[str, Any]
+    cfg: JobConfig, rows: list[dict[str, Any]], wall_seconds: float, extra: dict[str, Any]
 ) -> dict[str, Any]:
-    n = len(results)
+    """Totals over finished problems (``results.jsonl`` rows): every session of a resumed run."""
+    n = len(rows)
+    job = Ledger()
+    for r in rows:
+        job.add(Ledger.from_dict(r["ledger"]))
+    job.wall_seconds = wall_seconds
     return {
         "n_problems": n,
-        "accuracy": sum(r.correct for r in results) / n if n else 0.0,
-        "coverage": sum(r.covered for r in results) / n if n else 0.0,
+        "accuracy": sum(r["correct"] for r in rows) / n if n else 0.0,
+        "coverage": sum(r["covered"] for r in rows) / n if n else 0.0,
         "algorithm": cfg.algorithm["name"],
         "task": cfg.task.name,
         "split": cfg.task.split,
         "seed": cfg.run.seed,
         "budget": {k: v for k, v in dataclasses.asdict(cfg.budget).items() if v is not None},
-        "mean_nodes": sum(r.nodes for r in results) / n if n else 0.0,
+        "mean_nodes": sum(r["nodes"] for r in rows) / n if n else 0.0,
         "ledger": job.to_dict(),
         **extra,
     }
 
 
-class RunWriter:
-    """Streams a run's outputs into ``out`` as problems finish."""
-
-    def __init__(self, out: Path, cfg: JobConfig):
-        self.out, self.save_trees = out, cfg.run.save_trees
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        if self.save_trees:
-            (out / "trees").mkdir(exist_ok=True)
-        self._results: TextIO = (out / "results.jsonl").open("w")
-
-    def problem_done(self, result: ProblemResult, tree: Tree) -> None:
-        if self.save_trees:
-            (self.out / "trees" / f"{result.id}.msgpack").write_bytes(tree.to_msgpack())
-        self._results.write(json.dumps(result.to_json()) + "\n")
-        self._results.flush()
-
-    def finish(self, summary: dict[str, Any]) -> None:
-        self._results.close()
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-
-
 class Progress:
     """One status line on stderr, rewritten as problems finish: done, accuracy, tokens/s."""
 
-    def __init__(self, total: int, stream: TextIO = sys.stderr):
+    def __init__(self, total: int, stream: TextIO = sys.stderr, done: int = 0):
         self.total, self.stream = total, stream
-        self.done = self.correct = self.tokens = 0
+        self.done, self.correct, self.tokens = done, 0, 0
+        self.new = 0
         self.started = time.perf_counter()
         self.tty = stream.isatty()
 
     def update(self, result: ProblemResult) -> None:
         self.done += 1
+        self.new += 1
         self.correct += result.correct
         self.tokens += result.ledger.policy_generated_tokens
         if self.tty or self.done == self.total or self.done % max(1, self.total // 10) == 0:
             dt = max(1e-9, time.perf_counter() - self.started)
             line = (
-                f"[{self.done}/{self.total}] accuracy {self.correct / self.done:.1%}"
+                f"[{self.done}/{self.total}] accuracy {self.correct / self.new:.1%}"
                 f"  {self.tokens / dt:,.0f} generated tok/s"
             )
             self.stream.write(("\r" + line) if self.tty else line + "\n")
@@ -150,8 +133,13 @@ def run_job(
     generator: Generator | None = None,
     scorer: Scorer | None = None,
     progress: bool = True,
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """Runs ``cfg`` (in-process backends unless given) and writes ``out``; returns the summary."""
+    """Runs ``cfg`` (in-process backends unless given) into ``out``; returns the summary.
+
+    With ``resume``, problems already in ``out/results.jsonl`` are skipped (see
+    :mod:`treesearch.rundir`).
+    """
     task = make_task(cfg)
     algo = ALGORITHMS[cfg.algorithm["name"]]
     algo_cfg = cfg.algorithm_config()
@@ -164,32 +152,40 @@ def run_job(
         scorer = mc_rollout_prm(cfg, generator, task, problems)
     if scorer is None:
         raise ValueError("run_job: a generator was given without a scorer")
-    writer = RunWriter(out, cfg)
-    bar = Progress(len(problems)) if progress else None
+    rundir = RunDir(out, cfg, resume)
+    todo = [p for p in problems if p.id not in rundir.finished]
+    bar = Progress(len(problems), done=len(problems) - len(todo)) if progress else None
 
     def on_result(result: ProblemResult, tree: Tree) -> None:
-        writer.problem_done(result, tree)
+        rundir.problem_done(result.to_json(), tree.to_msgpack())
         if bar is not None:
             bar.update(result)
 
     async def search(ctx):
         return await algo.run(ctx, algo_cfg)
 
-    results, job, counters = asyncio.run(
-        run_problems(
-            problems,
-            task,
-            search,
-            generator,
-            scorer,
-            cfg.budget,
-            cfg.generator.max_step_tokens,
-            cfg.run.concurrency,
-            on_result,
+    started = time.perf_counter()
+    counters: dict[str, int] = {}
+    if todo:
+        _, _, counters = asyncio.run(
+            run_problems(
+                todo,
+                task,
+                search,
+                generator,
+                scorer,
+                cfg.budget,
+                cfg.generator.max_step_tokens,
+                cfg.run.concurrency,
+                on_result,
+            )
         )
-    )
-    summary = summarize(cfg, results, job, counters)
-    writer.finish(summary)
+    session = time.perf_counter() - started
+    ids = {p.id for p in problems}
+    rows = [r for pid, r in rundir.finished.items() if pid in ids]
+    extra = {**counters, "sessions": len(rundir.meta["sessions"]), "config_hash": rundir.hash}
+    summary = summarize(cfg, rows, rundir.wall_seconds + session, extra)
+    rundir.finish(summary, session)
     return summary
 
 

@@ -1,0 +1,134 @@
+"""The run directory: the output contract, and checkpoint / resume.
+
+  config.yaml          the resolved config
+  run.json             config hash and one entry per session (started, wall seconds, problems run)
+  results.jsonl        one line per finished problem, appended and flushed as each finishes
+  summary.json         totals over every finished problem (rewritten at the end of each session)
+  trees/<id>.msgpack   each finished problem's tree (written before its results line)
+
+A run is checkpointed by construction: a problem is finished iff its line is in
+``results.jsonl``. Resuming skips finished problems and re-runs those that were in flight (their
+partial compute is not in the ledger: the ledger counts finished problems only, so nothing is
+counted twice). A torn last line, left by a kill mid-write, is discarded. Resuming with a
+config whose hash differs (operational fields such as concurrency and resources excepted) is
+refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from treesearch.config import ConfigError, JobConfig
+
+# Fields that change how a run executes, not what it computes.
+OPERATIONAL = {
+    "run": ("concurrency", "in_process", "ray_num_cpus"),
+    "generator": ("resources", "latency_s"),
+    "prm": ("resources", "latency_s"),
+}
+
+
+def config_hash(cfg: JobConfig) -> str:
+    d = cfg.to_dict()
+    for section, keys in OPERATIONAL.items():
+        for k in keys:
+            d[section].pop(k, None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _diff(a: Any, b: Any, path: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k), b.get(k), f"{path}.{k}" if path else k)
+        return out
+    return [] if a == b else [path]
+
+
+class RunDir:
+    """Writes (and, with ``resume``, continues) a run directory."""
+
+    def __init__(self, out: Path, cfg: JobConfig, resume: bool = False):
+        self.out, self.save_trees = out, cfg.run.save_trees
+        self.hash = config_hash(cfg)
+        meta_path = out / "run.json"
+        existing = meta_path.is_file() or (out / "results.jsonl").is_file()
+        if existing and not resume:
+            raise ConfigError(
+                f"{out} holds a run already: pass --resume to continue it, or choose another --out"
+            )
+        self.meta: dict[str, Any] = {"config_hash": self.hash, "sessions": []}
+        self.finished: dict[str, dict[str, Any]] = {}
+        if existing:
+            self.meta = json.loads(meta_path.read_text()) if meta_path.is_file() else self.meta
+            if self.meta["config_hash"] != self.hash:
+                old = (
+                    yaml.safe_load((out / "config.yaml").read_text())
+                    if (out / "config.yaml").is_file()
+                    else {}
+                )
+                changed = [
+                    p for p in _diff(old, cfg.to_dict()) if p.split(".")[-1] not in _operational_keys()
+                ]
+                raise ConfigError(
+                    f"cannot resume {out}: its config differs in {', '.join(changed) or 'its hash'} "
+                    f"(run {self.meta['config_hash']}, now {self.hash})"
+                )
+            self.finished = self._read_finished()
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        if self.save_trees:
+            (out / "trees").mkdir(exist_ok=True)
+        self.session = {
+            "started": time.time(),
+            "wall_seconds": 0.0,
+            "problems_run": 0,
+            "skipped": len(self.finished),
+        }
+        self.meta["sessions"].append(self.session)
+        self._write_meta()
+        self._results: TextIO = (out / "results.jsonl").open("a")
+
+    def _read_finished(self) -> dict[str, dict[str, Any]]:
+        path = self.out / "results.jsonl"
+        if not path.is_file():
+            return {}
+        raw = path.read_bytes()
+        good_end = raw.rfind(b"\n") + 1  # a torn last line (killed mid-write) is dropped
+        if good_end != len(raw):
+            path.write_bytes(raw[:good_end])
+        rows = [json.loads(x) for x in raw[:good_end].decode().splitlines() if x.strip()]
+        return {r["id"]: r for r in rows}
+
+    def _write_meta(self) -> None:
+        tmp = self.out / ".run.json.tmp"
+        tmp.write_text(json.dumps(self.meta, indent=2) + "\n")
+        tmp.replace(self.out / "run.json")
+
+    def problem_done(self, row: dict[str, Any], tree_bytes: bytes | None) -> None:
+        if self.save_trees and tree_bytes is not None:
+            (self.out / "trees" / f"{row['id']}.msgpack").write_bytes(tree_bytes)
+        self._results.write(json.dumps(row) + "\n")
+        self._results.flush()
+        self.finished[row["id"]] = row
+        self.session["problems_run"] += 1
+
+    def finish(self, summary: dict[str, Any], session_wall_seconds: float) -> None:
+        self._results.close()
+        self.session["wall_seconds"] = session_wall_seconds
+        self._write_meta()
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+    @property
+    def wall_seconds(self) -> float:
+        return sum(s["wall_seconds"] for s in self.meta["sessions"])
+
+
+def _operational_keys() -> set[str]:
+    return {k for keys in OPERATIONAL.values() for k in keys}
