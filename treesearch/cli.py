@@ -1,6 +1,9 @@
 """``treesearch`` command line.
 
-  treesearch run CONFIG [--set key=value]... [--out DIR] [--limit N]
+  treesearch run CONFIG [--set key=value]... [--out DIR|URI] [--limit N] [--resume] [--address A]
+  treesearch submit CONFIG --address http://HEAD:8265 --out DIR|URI [--set key=value]... [--limit N]
+  treesearch status JOB --address A      treesearch logs JOB --address A [--follow]
+  treesearch stop JOB --address A        treesearch results JOB --address A
 
 Exit status: 0 on success, 2 on a bad config or bad arguments (one line on stderr naming
 the field), 1 on a failure during the run.
@@ -15,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from treesearch.config import ConfigError, load_config
+from treesearch.storage import local_run_dir
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a config field, e.g. --set algorithm.width=8 (repeatable)",
     )
-    run.add_argument("--out", type=Path, default=None, help="output dir (default: runs/<config>-<time>)")
+    run.add_argument("--out", default=None, help="output dir or URI (default: runs/<config>-<time>)")
     run.add_argument("--limit", type=int, default=None, help="only the first N problems")
     run.add_argument(
         "--resume", action="store_true", help="continue the run in --out: skip finished problems"
@@ -40,6 +44,23 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--in-process", action="store_true", help="no Ray: in-process deterministic backends only"
     )
+    sub_ = sub.add_parser("submit", help="submit a job to a Ray cluster (Ray Jobs)")
+    sub_.add_argument("config")
+    sub_.add_argument("--address", required=True, help="Ray job server, e.g. http://HEAD:8265")
+    sub_.add_argument("--out", required=True, help="run dir on the cluster (absolute path) or a URI")
+    sub_.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    sub_.add_argument("--limit", type=int, default=None)
+    for name, text in (
+        ("status", "a job's state"),
+        ("logs", "a job's logs"),
+        ("stop", "stop a job"),
+        ("results", "a finished job's summary and files"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("job")
+        cmd.add_argument("--address", required=True, help="Ray job server, e.g. http://HEAD:8265")
+        if name == "logs":
+            cmd.add_argument("--follow", action="store_true", help="stream until the job ends")
     return p
 
 
@@ -47,7 +68,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "run":
         return _run(args)
-    return 2
+    return _job_command(args)
+
+
+def _job_command(args: argparse.Namespace) -> int:
+    try:
+        from actors import jobs
+    except ImportError as e:
+        print(f"error: Ray is not installed ({e.name}): install treesearch[ray]", file=sys.stderr)
+        return 2
+    try:
+        if args.command == "submit":
+            overrides = list(args.overrides) + ([f"run.limit={args.limit}"] if args.limit else [])
+            print(jobs.submit(args.config, args.address, args.out, overrides))
+        elif args.command == "status":
+            print(jobs.status(args.address, args.job))
+        elif args.command == "logs":
+            jobs.logs(args.address, args.job, args.follow)
+        elif args.command == "stop":
+            print(jobs.stop(args.address, args.job))
+        else:
+            print(jobs.results(args.address, args.job))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # e.g. an unknown job id reported by the job server
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -65,10 +113,8 @@ def _run(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, overrides)
         if args.resume and args.out is None:
             raise ConfigError("--resume needs --out DIR (the run to continue)")
-        out = args.out or Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if cfg.run.in_process:
-            summary = run_job(cfg, out, progress=not args.quiet, resume=args.resume)
-        else:
+        out = args.out or str(Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+        if not cfg.run.in_process:
             try:
                 from actors.driver import run_on_ray, validate
             except ImportError as e:
@@ -76,7 +122,11 @@ def _run(args: argparse.Namespace) -> int:
                     f"Ray is not installed ({e.name}): install treesearch[ray] or pass --in-process"
                 ) from e
             validate(cfg)
-            summary = run_on_ray(cfg, out, args.address, progress=not args.quiet, resume=args.resume)
+        with local_run_dir(out) as local:
+            if cfg.run.in_process:
+                summary = run_job(cfg, local, progress=not args.quiet, resume=args.resume)
+            else:
+                summary = run_on_ray(cfg, local, args.address, progress=not args.quiet, resume=args.resume)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
