@@ -101,11 +101,12 @@ def test_cached_prompt_tokens_come_from_vllm(tmp_path, models, stack):
     req = ExpandRequest("cache-probe", 0, text, tuple(tok.encode(text, add_special_tokens=False)), 2, 8, "\n")
     first, second = (asyncio.run(stack.generator.generate([req]))[0] for _ in range(2))
     assert first.prompt_tokens == 84 and second.cached_prompt_tokens == 64
-    # Through a search: the prompt spans two full blocks, so every expansion after the first
-    # shares them whatever the model generates.
+    # Through a search: the prompt spans two full blocks, so every request after the first
+    # shares them; best-of-N in waves of 1 expands the root once per chain, whatever the
+    # model generates.
     problem = Problem("long-prompt", "4 5 6 10\n" * 8, {"numbers": [4, 5, 6, 10]})
-    algo = ALGORITHMS["beam"]
-    beam_cfg = build(algo.config, {"width": 2, "expansions": 2}, "algorithm")
+    algo = ALGORITHMS["best_of_n"]
+    beam_cfg = build(algo.config, {"n": 4, "wave": 1}, "algorithm")
 
     async def search(ctx):
         return await algo.run(ctx, beam_cfg)
@@ -113,7 +114,7 @@ def test_cached_prompt_tokens_come_from_vllm(tmp_path, models, stack):
     _, job, _ = asyncio.run(
         run_problems([problem], Game24("dev"), search, stack.generator, stack.scorer, Budget(), 24)
     )
-    assert job.generator_calls >= 3  # the root, then each kept beam
+    assert job.generator_calls >= 4  # the root once per chain
     assert job.policy_cached_prompt_tokens >= 64 * (job.generator_calls - 1)
     assert job.policy_cached_prompt_tokens <= job.policy_prompt_tokens
 
