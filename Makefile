@@ -18,11 +18,17 @@ $(CORE_STAMP): pyproject.toml
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true
 	touch $@
 
+# Debian's Chromium drives the viewer tests (Playwright with executable_path; no browser download).
+CHROMIUM_STAMP := $(VENV)/.chromium-installed
+$(CHROMIUM_STAMP): $(CORE_STAMP)
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+	touch $@
+
 # The main job: search the Game-of-24 test puzzles, print the summary table.
 demo: $(CORE_STAMP)
 	$(VENV)/bin/treesearch run configs/game24-beam.yaml --out runs/demo
 
-test: $(CORE_STAMP)
+test: $(CORE_STAMP) $(CHROMIUM_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest
 

@@ -1,6 +1,8 @@
 """``treesearch`` command line.
 
   treesearch run CONFIG [--set key=value]... [--out DIR|URI] [--limit N] [--resume] [--address A]
+  treesearch export TREE --format json|graphml|dot|html [-o FILE]
+  treesearch view RUN_DIR [--compare RUN_DIR] [-o FILE]
   treesearch submit CONFIG --address http://HEAD:8265 --out DIR|URI [--set key=value]... [--limit N]
   treesearch status JOB --address A      treesearch logs JOB --address A [--follow]
   treesearch stop JOB --address A        treesearch results JOB --address A
@@ -44,6 +46,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--in-process", action="store_true", help="no Ray: in-process deterministic backends only"
     )
+    exp = sub.add_parser("export", help="export a tree (or every tree of a run dir)")
+    exp.add_argument("tree", help="trees/<id>.msgpack or a run dir")
+    exp.add_argument("--format", required=True, help="json | graphml | dot | html")
+    exp.add_argument("-o", "--output", default=None, help="output file (a directory for a run dir)")
+    view = sub.add_parser("view", help="write one self-contained HTML viewer for a run")
+    view.add_argument("run_dir")
+    view.add_argument("--compare", default=None, help="a second run dir, shown side by side")
+    view.add_argument("-o", "--output", default=None, help="output file (default RUN_DIR/view.html)")
     sub_ = sub.add_parser("submit", help="submit a job to a Ray cluster (Ray Jobs)")
     sub_.add_argument("config")
     sub_.add_argument("--address", required=True, help="Ray job server, e.g. http://HEAD:8265")
@@ -68,7 +78,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "run":
         return _run(args)
+    if args.command in ("export", "view"):
+        return _export_command(args)
     return _job_command(args)
+
+
+def _export_command(args: argparse.Namespace) -> int:
+    from treesearch.export_cli import export, view
+
+    try:
+        if args.command == "export":
+            for path in export(args.tree, args.format, args.output):
+                print(path)
+        else:
+            print(view(args.run_dir, args.compare, args.output))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _job_command(args: argparse.Namespace) -> int:

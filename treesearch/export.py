@@ -13,7 +13,8 @@ JSON document, ``version`` 1::
         "logprob": float, "prior": float, # step log-probability; softmax over its expansion
         "prm_score": float|null,          # null until scored
         "visits": int, "value_sum": float, "value": float,   # value = value_sum / visits
-        "uct": float|null,                # UCT (c = sqrt 2) w.r.t. the parent at the end; null: root/unvisited
+        "uct": float|null,                # UCT (c = sqrt 2) w.r.t. the parent at the end (null: root,
+                                          # unvisited)
         "virtual_loss": int,
         "status": "open"|"terminal"|"pruned",
         "answer": str|null,               # a terminal node's final answer
@@ -41,7 +42,9 @@ def _num(x: float) -> float | None:
     return None if math.isnan(x) else x
 
 
-def to_json_doc(tree: Tree, result: dict[str, Any] | None = None, is_correct: CorrectFn | None = None) -> dict:
+def to_json_doc(
+    tree: Tree, result: dict[str, Any] | None = None, is_correct: CorrectFn | None = None
+) -> dict:
     """The JSON document of ``tree`` (see module docstring)."""
     nodes = []
     for n in range(len(tree)):
@@ -97,7 +100,17 @@ def tree_from_json_doc(doc: dict) -> Tree:
         "prm_score": [math.nan if x["prm_score"] is None else x["prm_score"] for x in nodes],
         "status": [STATUS_NAMES.index(x["status"]) for x in nodes],
     }
-    for f in ("parent", "depth", "visits", "value_sum", "virtual_loss", "logprob", "prior", "created_step", "replica"):
+    for f in (
+        "parent",
+        "depth",
+        "visits",
+        "value_sum",
+        "virtual_loss",
+        "logprob",
+        "prior",
+        "created_step",
+        "replica",
+    ):
         d[f] = [x[f] for x in nodes]
     return Tree.from_dict(d)
 

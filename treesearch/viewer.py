@@ -1,0 +1,101 @@
+"""A self-contained HTML viewer for search trees (no network: JS and CSS inline).
+
+``render_html`` embeds the runs' trees as JSON in a ``<script type="application/json">`` block
+(``<`` escaped, so step text cannot close it) and the template (``viewer.html``) renders them
+with DOM APIs only: model text is set through ``textContent``, never ``innerHTML``.
+
+Pages: an index of problems (answer / correct / nodes / tokens per run, linking to each tree);
+a tree page, side by side when two runs are given: top-down layout, colour by PRM score, the
+chosen answer's path and correct finished chains highlighted, click for details and the full
+prefix, a replay slider over creation order, collapse by subtree or depth (big trees open at
+depth <= 4) and only visible nodes drawn.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from treesearch.export import to_json_doc
+from treesearch.tree import Tree
+
+
+def tree_payload(doc: dict[str, Any]) -> dict[str, list]:
+    """Parallel arrays (compact for 10^4-node trees) from an export document."""
+    nodes = doc["nodes"]
+    keys = {
+        "parent": "parent", "depth": "depth", "step": "step", "prm": "prm_score", "visits": "visits",
+        "value": "value", "uct": "uct", "prior": "prior", "logprob": "logprob", "tokens": "tokens",
+        "status": "status", "created": "created_step", "replica": "replica", "answer": "answer",
+        "correct": "correct",
+    }  # fmt: skip
+    return {short: [x[long] for x in nodes] for short, long in keys.items()}
+
+
+def problem_payload(doc: dict[str, Any], row: dict[str, Any] | None) -> dict[str, Any]:
+    row = row or {}
+    tokens = row.get("ledger", {}).get("policy_generated_tokens", sum(x["tokens"] for x in doc["nodes"][1:]))
+    return {
+        "id": doc["problem"]["id"],
+        "answer": row.get("answer"),
+        "correct": bool(row.get("correct")),
+        "nodes": len(doc["nodes"]) - 1,
+        "tokens": tokens,
+        "chosen": row.get("answer_node"),
+        "tree": tree_payload(doc),
+    }
+
+
+def run_payload(run_dir: Path, name: str | None = None) -> dict[str, Any]:
+    """Every tree of a run dir, with its results row and a ground-truth check of terminals."""
+    import yaml
+
+    from treesearch.config import JobConfig, build
+
+    rows = {}
+    results = run_dir / "results.jsonl"
+    if results.is_file():
+        for line in results.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                rows[r["id"]] = r
+    checker = _checker(build(JobConfig, yaml.safe_load((run_dir / "config.yaml").read_text()), ""))
+    summary = (
+        json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
+    )
+    problems = []
+    for f in sorted((run_dir / "trees").glob("*.msgpack")):
+        tree = Tree.from_msgpack(f.read_bytes())
+        doc = to_json_doc(tree, rows.get(tree.problem_id), checker(tree))
+        problems.append(problem_payload(doc, rows.get(tree.problem_id)))
+    return {
+        "name": name or run_dir.name,
+        "algorithm": summary.get("algorithm", "?"),
+        "accuracy": summary.get("accuracy", 0.0),
+        "coverage": summary.get("coverage", 0.0),
+        "problems": problems,
+    }
+
+
+def _checker(cfg):
+    """tree -> (steps -> correct) for the run's task, from the prompt (Game of 24: the numbers)."""
+    from treesearch.runner import make_task
+    from treesearch.tasks.game24 import Game24
+
+    task = make_task(cfg)
+
+    def for_tree(tree: Tree):
+        if isinstance(task, Game24):
+            problem = Game24.problem([int(x) for x in tree.step_text[0].split()])
+            return lambda steps: task.is_correct(problem, steps)
+        return None
+
+    return for_tree
+
+
+def render_html(runs: list[dict[str, Any]]) -> str:
+    template = resources.files("treesearch").joinpath("viewer.html").read_text()
+    data = json.dumps({"runs": runs}, separators=(",", ":")).replace("<", "\\u003c")
+    return template.replace("__TREESEARCH_DATA__", data)
