@@ -26,6 +26,7 @@ $(CHROMIUM_STAMP): $(CORE_STAMP)
 
 # The main job: search the Game-of-24 test puzzles, print the summary table.
 demo: $(CORE_STAMP)
+	rm -rf runs/demo
 	$(VENV)/bin/treesearch run configs/game24-beam.yaml --out runs/demo
 
 test: $(CORE_STAMP) $(CHROMIUM_STAMP)

@@ -27,7 +27,7 @@ from treesearch.backends.deterministic import ByteTokenizer, RulePRM
 from treesearch.config import ConfigError, JobConfig, ResourcesConfig
 from treesearch.prm import FORMATS, PRMFormatError, count_tokens
 from treesearch.protocol import ExpandRequest, ExpandResult, ScoreRequest, ScoreResult
-from treesearch.runner import make_task, run_job
+from treesearch.runner import make_task, run_job, select_problems
 from treesearch.tasks.game24 import Game24
 
 GENERATOR_BACKENDS = ("noisy_oracle", "vllm", "hf")
@@ -66,12 +66,17 @@ def validate(cfg: JobConfig) -> tuple[Any, Any]:
         raise ConfigError(f"prm.engine: {p.engine!r} is not one of ['transformers', 'vllm']")
     if p.engine == "vllm" and p.backend != "math_shepherd":
         raise ConfigError(f"prm.engine: vllm serves the math_shepherd format only, not {p.backend}")
-    task = make_task(cfg)
-    if (g.backend == "noisy_oracle" or p.backend == "rule") and not isinstance(task, Game24):
-        raise ConfigError("noisy_oracle and the rule PRM support task game24 only")
     gen_tok = prm_tok = None
     if g.backend != "noisy_oracle":
         gen_tok = _load_tokenizer(_check_model_dir(g.model, "generator.model"), "generator.model")
+    task = make_task(cfg)
+    if (g.backend == "noisy_oracle" or p.backend == "rule") and not isinstance(task, Game24):
+        raise ConfigError("noisy_oracle and the rule PRM support task game24 only")
+    try:  # a missing / empty dataset or a wrong field mapping fails here, before Ray starts
+        if not select_problems(task, cfg.run.limit):
+            raise ConfigError("task: the selected split holds no problems")
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(f"task: {e}") from e
     if p.backend not in ("rule", "mc_rollout"):
         path = _check_model_dir(p.model, "prm.model")
         prm_tok = _load_tokenizer(path, "prm.model", p.trust_remote_code)
@@ -172,7 +177,7 @@ class ScorerPool:
     def count_tokens(self, request: ScoreRequest) -> int:
         if self._rule is not None:
             return self._rule.count_tokens(request)
-        return count_tokens(self._fmt, self._tok, request.prompt, request.steps)
+        return count_tokens(self._fmt, self._tok, request.prm_question, request.steps)
 
     async def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
         return await self.pool.submit(requests)
@@ -273,7 +278,7 @@ def init_ray(address: str | None, num_cpus: int | None) -> bool:
     if address:
         ray.init(address=address)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)  # never a stray cluster
     return True
 
 

@@ -99,7 +99,7 @@ class TransformersPRMWorker:
         return await asyncio.to_thread(self._score, list(requests))
 
     def _score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
-        per_req = [self.fmt.rows(self.tokenizer, r.prompt, r.steps) for r in requests]
+        per_req = [self.fmt.rows(self.tokenizer, r.prm_question, r.steps) for r in requests]
         flat = [row for rows in per_req for row in rows]
         scores: list[list[float]] = []
         for s in range(0, len(flat), self.batch_rows):
@@ -181,7 +181,7 @@ class VLLMPoolingPRMWorker:
     def _score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
         from vllm import TokensPrompt
 
-        rows = [self.fmt.rows(self.tokenizer, r.prompt, r.steps)[0] for r in requests]
+        rows = [self.fmt.rows(self.tokenizer, r.prm_question, r.steps)[0] for r in requests]
         outs = self.llm.encode(
             [TokensPrompt(prompt_token_ids=list(r.ids)) for r in rows],
             pooling_task="token_classify",

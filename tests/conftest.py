@@ -1,6 +1,10 @@
+import json
+import string
 from pathlib import Path
 
 import pytest
+
+from treesearch.models.tiny import build_char_tokenizer, build_tiny_llama
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 TOT_CSV = SHARED / "data" / "game24" / "24.csv"
@@ -11,3 +15,63 @@ def tot_csv() -> Path:
     if not TOT_CSV.is_file():  # CI and developer machines have ../shared beside the checkout
         pytest.fail(f"ToT's 24.csv not found at {TOT_CSV} (../shared must sit beside the repo)")
     return TOT_CSV
+
+
+# ---- math task: tiny chat models (ChatML template, PRM special tokens) and a small dataset
+SYMBOLS = string.ascii_letters + string.digits + " \n.,;:!?+-*/=()[]{}<>^_'\"|\\$%&#~"
+CHATML = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizers():
+    policy = build_char_tokenizer(SYMBOLS, added_tokens=["<|im_start|>", "<|im_end|>"], chat_template=CHATML)
+    prm = build_char_tokenizer(SYMBOLS, added_tokens=["<|im_start|>", "<|im_end|>", "<extra_0>", "ки"],
+                               chat_template=CHATML)  # fmt: skip
+    return policy, prm
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    rows = [{"problem": "What is 1+1?", "solution": "2", "uid": "a"},
+            {"problem": "What is half of 1?", "solution": "\\frac{1}{2}", "uid": "b"},
+            {"problem": "Solve x+2=5.", "solution": "3", "uid": "c"}]  # fmt: skip
+    path = tmp_path / "math.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, tokenizers):
+    policy_tok, prm_tok = tokenizers
+    root = tmp_path_factory.mktemp("math-models")
+    return (
+        build_tiny_llama(root / "policy", policy_tok, seed=3),
+        build_tiny_llama(root / "qwen-prm", prm_tok, head="token_classification", seed=4),
+        build_tiny_llama(root / "shepherd-prm", prm_tok, seed=5),
+    )
+
+
+def math_overrides(models, dataset, prm="qwen_prm"):
+    policy, qwen, shepherd = models
+    return [
+        "task.name=math",
+        f"task.path={dataset}",
+        "task.fields={answer: solution, id: uid}",
+        "task.max_steps=3",
+        "generator.backend=vllm",
+        f"generator.model={policy}",
+        "generator.dtype=float32",
+        "generator.gpu_memory_utilization=0.2",
+        "generator.enforce_eager=true",
+        "generator.max_model_len=512",
+        "generator.max_step_tokens=16",
+        "generator.add_special_tokens=false",
+        "generator.resources.num_cpus=0",
+        f"prm.backend={prm}",
+        f"prm.model={qwen if prm == 'qwen_prm' else shepherd}",
+        "prm.resources.num_cpus=0",
+        "budget.generated_tokens=300",
+    ]

@@ -26,7 +26,7 @@ ALGOS = ["best_of_n", "beam", "dvts", "tot_bfs", "tot_dfs", "mcts"]
 def ray_instance():
     if ray.is_initialized():  # one Ray per module
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -67,7 +67,7 @@ def _overrides(models, *extra):
 def stack(models):
     if ray.is_initialized():  # one Ray per module
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     backends = start_backends(load_config(CONFIGS / "game24-beam.yaml", _overrides(models)))
     yield backends
     backends.shutdown()

@@ -33,10 +33,17 @@ class ConfigError(ValueError):
 
 @dataclass
 class TaskConfig:
-    name: str = "game24"  # task name (game24)
-    split: str = "test"  # train | dev | test | tot_test | all
-    integer_only: bool = False  # only puzzles solvable without fractions
-    csv_path: str | None = None  # ToT's 24.csv, for split tot_test
+    name: str = "game24"  # game24 | math
+    split: str = "test"  # game24: train | dev | test | tot_test | all
+    integer_only: bool = False  # game24: only puzzles solvable without fractions
+    csv_path: str | None = None  # game24: ToT's 24.csv, for split tot_test
+    path: str | None = None  # math: JSONL / Parquet file, or a saved `datasets` directory
+    fields: dict[str, str] = field(default_factory=dict)  # math: {question, answer, id} -> columns
+    system_prompt: str | None = "Please reason step by step, and put your final answer within \\boxed{}."
+    delimiter: str = "\n\n"  # math: step delimiter (stop string)
+    max_steps: int = 40  # math: depth limit
+    answer_pattern: str | None = None  # math: regex (group 1) used when no \\boxed{} is found
+    chat_template: str | None = None  # math: Jinja template if the policy model has none
 
 
 @dataclass

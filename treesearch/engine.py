@@ -140,6 +140,11 @@ class SearchContext:
     def ledger(self) -> Ledger:
         return self.guard.spent
 
+    @property
+    def question(self) -> str | None:
+        """The raw question for PRM inputs (tasks with chat-templated prompts set it)."""
+        return self.problem.data.get("question")
+
     def _tick(self) -> None:
         self.guard.spent.wall_seconds = time.perf_counter() - self._started
 
@@ -260,7 +265,9 @@ class SearchContext:
         """
         todo = [n for n in dict.fromkeys(nodes) if n != ROOT and math.isnan(self.tree.prm_score[n])]
         reqs = [
-            ScoreRequest(self.problem.id, n, self.tree.step_text[ROOT], tuple(self.tree.steps(n)))
+            ScoreRequest(
+                self.problem.id, n, self.tree.step_text[ROOT], tuple(self.tree.steps(n)), self.question
+            )
             for n in todo
         ]
         for node, scores in zip(todo, await self.score_chains(reqs), strict=True):

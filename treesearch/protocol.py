@@ -65,8 +65,13 @@ class ScoreRequest:
 
     problem_id: str
     node: int
-    prompt: str
+    prompt: str  # the generator's prompt (the root of the tree)
     steps: tuple[str, ...]
+    question: str | None = None  # the raw question PRM formats use; None: the prompt
+
+    @property
+    def prm_question(self) -> str:
+        return self.prompt if self.question is None else self.question
 
 
 @dataclass(frozen=True, slots=True)

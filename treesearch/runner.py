@@ -30,8 +30,40 @@ from treesearch.tasks.base import Problem, Task
 from treesearch.tasks.game24 import Game24
 from treesearch.tree import Tree
 
-TASKS: dict[str, Callable[[Any], Task]] = {
-    "game24": lambda c: Game24(c.split, c.integer_only, c.csv_path),
+
+def _math_task(cfg: JobConfig) -> Task:
+    from treesearch.tasks.math import MathTask
+
+    t = cfg.task
+    if not t.path:
+        raise ConfigError("task.path: the math task needs a dataset file")
+    if not cfg.generator.model:
+        raise ConfigError("generator.model: the math task builds prompts with the policy's chat template")
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(cfg.generator.model)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"generator.model: cannot load its tokenizer: {str(e).splitlines()[0]}") from e
+    fields = {k: v for k, v in t.fields.items()}
+    unknown = set(fields) - {"question", "answer", "id"}
+    if unknown:
+        raise ConfigError(f"task.fields: unknown role(s) {sorted(unknown)} (roles: question, answer, id)")
+    return MathTask(
+        t.path,
+        tokenizer,
+        fields,
+        t.system_prompt,
+        t.delimiter,
+        t.max_steps,
+        t.answer_pattern,
+        t.chat_template,
+    )
+
+
+TASKS: dict[str, Callable[[JobConfig], Task]] = {
+    "game24": lambda cfg: Game24(cfg.task.split, cfg.task.integer_only, cfg.task.csv_path),
+    "math": _math_task,
 }
 
 
@@ -39,7 +71,7 @@ def make_task(cfg: JobConfig) -> Task:
     if cfg.task.name not in TASKS:
         raise ConfigError(f"task.name: {cfg.task.name!r} is not one of {sorted(TASKS)}")
     try:
-        return TASKS[cfg.task.name](cfg.task)
+        return TASKS[cfg.task.name](cfg)
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(f"task: {e}") from e
 
@@ -143,7 +175,10 @@ def run_job(
     task = make_task(cfg)
     algo = ALGORITHMS[cfg.algorithm["name"]]
     algo_cfg = cfg.algorithm_config()
-    problems = select_problems(task, cfg.run.limit)
+    try:
+        problems = select_problems(task, cfg.run.limit)
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(f"task: {e}") from e
     if not problems:
         raise ConfigError("task: the selected split holds no problems")
     if generator is None:

@@ -105,7 +105,9 @@ async def _rollout_values(ctx: SearchContext, children: list[int]) -> dict[int, 
                 still.append(c)
         live = still
     reqs = [
-        ScoreRequest(ctx.problem.id, c, tree.step_text[ROOT], (*tree.steps(c), *(s.text for s in ex)))
+        ScoreRequest(
+            ctx.problem.id, c, tree.step_text[ROOT], (*tree.steps(c), *(s.text for s in ex)), ctx.question
+        )
         for c, ex in extra.items()
     ]
     values = {}
