@@ -10,6 +10,7 @@ with what was asked and what is free), then runs :func:`treesearch.runner.run_jo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,43 +88,18 @@ def validate(cfg: JobConfig) -> tuple[Any, Any]:
     return gen_tok, prm_tok
 
 
+def _spec(spec_cls: type, section: Any, **extra: Any) -> Any:
+    """An actor spec from a config section: every field the two share, plus ``extra``."""
+    shared = {f.name for f in dataclasses.fields(spec_cls)} & {f.name for f in dataclasses.fields(section)}
+    return spec_cls(**{name: getattr(section, name) for name in shared}, **extra)
+
+
 def generator_spec(cfg: JobConfig) -> GeneratorSpec:
-    g = cfg.generator
-    return GeneratorSpec(
-        backend=g.backend,
-        model=g.model,
-        dtype=g.dtype,
-        temperature=g.temperature,
-        top_p=g.top_p,
-        seed=cfg.run.seed,
-        error_rate=g.error_rate,
-        num_parameters=g.num_parameters,
-        gpu_memory_utilization=g.gpu_memory_utilization,
-        enforce_eager=g.enforce_eager,
-        max_model_len=g.max_model_len,
-        tensor_parallel_size=g.tensor_parallel_size,
-        block_size=g.block_size,
-        device=g.device,
-        latency_s=g.latency_s,
-    )
+    return _spec(GeneratorSpec, cfg.generator, seed=cfg.run.seed)
 
 
 def prm_spec(cfg: JobConfig) -> PRMSpec:
-    p = cfg.prm
-    return PRMSpec(
-        backend=p.backend,
-        engine=p.engine,
-        model=p.model,
-        format_args=p.format_args(),
-        reachability=p.reachability,
-        dtype=p.dtype,
-        device=p.device,
-        trust_remote_code=p.trust_remote_code,
-        gpu_memory_utilization=p.gpu_memory_utilization,
-        enforce_eager=p.enforce_eager,
-        max_model_len=p.max_model_len,
-        latency_s=p.latency_s,
-    )
+    return _spec(PRMSpec, cfg.prm, format_args=cfg.prm.format_args())
 
 
 # ----------------------------------------------------------------------------- transports
