@@ -4,7 +4,7 @@ Builds a synthetic search tree (branching 1-6, depth <= 9, scored, with a chosen
 the self-contained HTML, and times in Chromium: page load to first render (the default view of
 a big tree: depth <= 4), and a render of every node (all depths). Median of --repeats runs.
 
-    .venv/bin/python benchmarks/viewer_render.py [--nodes 10000] [--repeats 5]
+    .venv/bin/python -m benchmarks.viewer_render [--nodes 10000] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -58,7 +58,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--nodes", type=int, default=10_000)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--smoke", action="store_true", help="500 nodes, once: checks the script works")
     args = ap.parse_args()
+    if args.smoke:
+        args.nodes, args.repeats = 500, 1
     tree = synthetic_tree(args.nodes)
     doc = to_json_doc(tree, {"answer": "24", "answer_node": len(tree) - 1, "correct": True})
     run = {"name": "bench", "algorithm": "synthetic", "accuracy": 1.0, "coverage": 1.0,

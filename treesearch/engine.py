@@ -44,8 +44,9 @@ class Batcher:
     runnable and their next requests travel together.
     """
 
-    def __init__(self, generator: Generator, scorer: Scorer, max_batch: int = 4096):
+    def __init__(self, generator: Generator, scorer: Scorer, max_batch: int = 4096, lockstep: bool = False):
         self.generator, self.scorer, self.max_batch = generator, scorer, max_batch
+        self.lockstep = lockstep  # baseline for benchmarks: one batch in flight at a time
         self.active = 0
         self.waiting = 0
         self.generator_batches = 0
@@ -76,7 +77,7 @@ class Batcher:
         self._maybe_flush()
 
     def _maybe_flush(self) -> None:
-        if self.waiting < self.active:
+        if self.waiting < self.active or (self.lockstep and self._inflight):
             return
         for queue, call in ((self._gen, self.generator.generate), (self._score, self.scorer.score)):
             while queue:
@@ -87,7 +88,12 @@ class Batcher:
                     self.scorer_batches += 1
                 task = asyncio.ensure_future(self._resolve(call, chunk))
                 self._inflight.add(task)
-                task.add_done_callback(self._inflight.discard)
+                task.add_done_callback(self._batch_done)
+
+    def _batch_done(self, task: asyncio.Task) -> None:
+        self._inflight.discard(task)
+        if self.lockstep:  # the barrier lifts when the last batch of a step returns
+            self._maybe_flush()
 
     async def _resolve(self, call: Callable[[list], Awaitable[list]], chunk: list[_Pending]) -> None:
         try:
@@ -375,15 +381,18 @@ async def run_problems(
     max_step_tokens: int,
     concurrency: int = 64,
     on_result: Callable[[ProblemResult, Tree], None] | None = None,
+    lockstep: bool = False,
 ) -> tuple[list[ProblemResult], Ledger, dict[str, int]]:
     """Runs ``search`` on every problem, ``concurrency`` at a time, batching their requests.
 
     Returns the results (in ``problems`` order), the job ledger, and batch counters.
-    ``on_result`` is called as each problem finishes (for streaming output).
+    ``on_result`` is called as each problem finishes (for streaming output). ``lockstep``
+    runs the baseline that advances every problem one request at a time, waiting for the whole
+    batch (the pattern of search-and-learn / OpenR), for benchmarks.
     """
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-    batcher = Batcher(generator, scorer)
+    batcher = Batcher(generator, scorer, lockstep=lockstep)
     cost = ModelCost(generator.num_parameters, scorer.num_parameters)
     started = time.perf_counter()
     results: list[ProblemResult | None] = [None] * len(problems)

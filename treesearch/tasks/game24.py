@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from functools import cache
+from functools import cache, lru_cache
 from itertools import combinations_with_replacement
 from pathlib import Path
 
@@ -84,12 +84,21 @@ class Move:
         return f"{fmt(self.a)} {self.op} {fmt(self.b)} = {fmt(self.result)} (left: {fmt_state(self.left)})"
 
 
-def legal_moves(state: State, integer_only: bool = False) -> Iterator[Move]:
-    """Every distinct legal move from ``state``.
+def legal_moves(state: State, integer_only: bool = False) -> tuple[Move, ...]:
+    """Every distinct legal move from ``state`` (memoised: searches revisit the same states).
 
     For + and *, the larger operand is written first (one canonical form); for - and /, both
-    orders. Duplicated (operand pair, op) combinations from repeated numbers are yielded once.
+    orders. Duplicated (operand pair, op) combinations from repeated numbers appear once.
     """
+    return _legal_moves(state, integer_only)
+
+
+@cache
+def _legal_moves(state: State, integer_only: bool) -> tuple[Move, ...]:
+    return tuple(_enumerate_moves(state, integer_only))
+
+
+def _enumerate_moves(state: State, integer_only: bool) -> Iterator[Move]:
     seen: set[tuple[Fraction, str, Fraction]] = set()
     n = len(state)
     for i in range(n):
@@ -131,9 +140,10 @@ def solve(state: State, integer_only: bool = False) -> list[Move] | None:
     return None
 
 
-def good_moves(state: State) -> list[Move]:
-    """Legal moves after which 24 is still reachable."""
-    return [m for m in legal_moves(state) if reachable(m.left)]
+@cache
+def good_moves(state: State) -> tuple[Move, ...]:
+    """Legal moves after which 24 is still reachable (memoised)."""
+    return tuple(m for m in legal_moves(state) if reachable(m.left))
 
 
 @cache
@@ -141,7 +151,7 @@ def solve_probability(state: State) -> float:
     """P(a uniformly random legal move sequence from ``state`` reaches 24)."""
     if len(state) == 1:
         return float(state[0] == TARGET)
-    moves = list(legal_moves(state))
+    moves = legal_moves(state)
     return sum(solve_probability(m.left) for m in moves) / len(moves) if moves else 0.0
 
 
@@ -159,8 +169,9 @@ class StepCheck:
     left: State | None  # the claimed left multiset (None if the step does not parse)
 
 
+@lru_cache(maxsize=1 << 18)
 def check_step(state: State, step: str) -> StepCheck:
-    """Strict check of one step against the multiset ``state`` it is applied to."""
+    """Strict check of one step against the multiset ``state`` it is applied to (memoised)."""
     m = _STEP_RE.match(step)
     if not m:
         return StepCheck(False, "unparseable step", None)
