@@ -10,7 +10,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", ["tree_store", "dispatch_overhead", "async_vs_lockstep", "viewer_render"])
+@pytest.mark.parametrize(
+    "name", ["tree_store", "dispatch_overhead", "async_vs_lockstep", "scaling", "viewer_render"]
+)
 def test_benchmark_smoke(name):
     proc = subprocess.run(
         [sys.executable, "-m", f"benchmarks.{name}", "--smoke"],
