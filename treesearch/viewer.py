@@ -48,38 +48,56 @@ def problem_payload(doc: dict[str, Any], row: dict[str, Any] | None) -> dict[str
     }
 
 
+class RunData:
+    """What every tree of one run dir shares, read once: results rows, summary, and a
+    ground-truth check of finished chains. ``run_dir=None``: a lone tree file."""
+
+    def __init__(self, run_dir: Path | None):
+        self.run_dir = run_dir
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.summary: dict[str, Any] = {}
+        self.checker = None
+        if run_dir is None:
+            return
+        import yaml
+
+        from treesearch.config import JobConfig, build
+
+        results = run_dir / "results.jsonl"
+        for line in results.read_text().splitlines() if results.is_file() else []:
+            if line.strip():
+                row = json.loads(line)
+                self.rows[row["id"]] = row
+        if (run_dir / "summary.json").is_file():
+            self.summary = json.loads((run_dir / "summary.json").read_text())
+        self.checker = correctness_checker(
+            build(JobConfig, yaml.safe_load((run_dir / "config.yaml").read_text()), "")
+        )
+
+    def doc(self, tree: Tree) -> dict[str, Any]:
+        return to_json_doc(tree, self.rows.get(tree.problem_id), self.checker(tree) if self.checker else None)
+
+    def run(self, name: str, problems: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "name": name,
+            "algorithm": self.summary.get("algorithm", "?"),
+            "accuracy": self.summary.get("accuracy", 0.0),
+            "coverage": self.summary.get("coverage", 0.0),
+            "problems": problems,
+        }
+
+
 def run_payload(run_dir: Path, name: str | None = None) -> dict[str, Any]:
     """Every tree of a run dir, with its results row and a ground-truth check of terminals."""
-    import yaml
-
-    from treesearch.config import JobConfig, build
-
-    rows = {}
-    results = run_dir / "results.jsonl"
-    if results.is_file():
-        for line in results.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                rows[r["id"]] = r
-    checker = _checker(build(JobConfig, yaml.safe_load((run_dir / "config.yaml").read_text()), ""))
-    summary = (
-        json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
-    )
+    data = RunData(run_dir)
     problems = []
     for f in sorted((run_dir / "trees").glob("*.msgpack")):
         tree = Tree.from_msgpack(f.read_bytes())
-        doc = to_json_doc(tree, rows.get(tree.problem_id), checker(tree))
-        problems.append(problem_payload(doc, rows.get(tree.problem_id)))
-    return {
-        "name": name or run_dir.name,
-        "algorithm": summary.get("algorithm", "?"),
-        "accuracy": summary.get("accuracy", 0.0),
-        "coverage": summary.get("coverage", 0.0),
-        "problems": problems,
-    }
+        problems.append(problem_payload(data.doc(tree), data.rows.get(tree.problem_id)))
+    return data.run(name or run_dir.name, problems)
 
 
-def _checker(cfg):
+def correctness_checker(cfg):
     """tree -> (steps -> correct) for the run's task, from the prompt (Game of 24: the numbers)."""
     from treesearch.runner import make_task
     from treesearch.tasks.game24 import Game24
