@@ -23,7 +23,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
 
 Req = TypeVar("Req")
@@ -140,15 +139,3 @@ class ReplicaPool(Generic[Req, Res]):
                 results[i] = res
         finally:
             self.load[r] -= len(batch)
-
-
-async def wait_ready(handles: Sequence[Any], what: str, timeout_s: float) -> list[Any]:
-    """Waits for every replica's ``info()``; a replica that cannot start raises its cause."""
-    refs = [h.info.remote() for h in handles]
-    try:
-        return await asyncio.wait_for(asyncio.gather(*refs), timeout_s)
-    except TimeoutError as e:
-        raise RuntimeError(
-            f"{what} actors did not start within {timeout_s:.0f} s "
-            f"(not enough free CPUs/GPUs for the requested resources?): {ray.available_resources()}"
-        ) from e

@@ -22,6 +22,7 @@ from typing import Any
 
 import ray
 
+from actors.generator import count_parameters
 from treesearch.backends.deterministic import RulePRM
 from treesearch.prm import FORMATS, PRMRow
 from treesearch.protocol import ScoreRequest, ScoreResult
@@ -164,16 +165,7 @@ class VLLMPoolingPRMWorker:
             enforce_eager=spec.enforce_eager,
             max_model_len=spec.max_model_len,
         )
-        from treesearch.prm.base import single_token_id
-
-        single_token_id(self.tokenizer, self.fmt.step_tag, "step tag")
-        self.num_parameters = float(self._count_parameters(spec.model))
-
-    @staticmethod
-    def _count_parameters(model_dir: str) -> float:
-        from actors.generator import count_parameters
-
-        return count_parameters(model_dir)
+        self.num_parameters = count_parameters(spec.model)
 
     async def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         return await asyncio.to_thread(self._score, list(requests))

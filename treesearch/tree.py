@@ -170,9 +170,6 @@ class Tree:
         n = self.visits[node] + self.virtual_loss[node]
         return self.value_sum[node] / n if n else 0.0
 
-    def is_leaf(self, node: int) -> bool:
-        return not self.children[node]
-
     def live_children(self, node: int) -> list[int]:
         """Children that are not pruned."""
         return [c for c in self.children[node] if self.status[c] != PRUNED]
@@ -180,9 +177,6 @@ class Tree:
     def terminals(self) -> list[int]:
         """Terminal, unpruned nodes in id order."""
         return [n for n in range(len(self)) if self.status[n] == TERMINAL]
-
-    def open_leaves(self) -> list[int]:
-        return [n for n in range(len(self)) if self.status[n] == OPEN and not self.children[n]]
 
     # ------------------------------------------------------------------ MCTS ops
     def apply_virtual_loss(self, path: Iterable[int], amount: int = 1) -> None:
