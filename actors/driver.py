@@ -30,6 +30,7 @@ from treesearch.prm import FORMATS, PRMFormatError, count_tokens
 from treesearch.protocol import ExpandRequest, ExpandResult, ScoreRequest, ScoreResult
 from treesearch.runner import make_task, run_job, select_problems
 from treesearch.tasks.game24 import Game24
+from treesearch.verifiers import check_checks
 
 GENERATOR_BACKENDS = ("noisy_oracle", "vllm", "hf")
 PRM_BACKENDS = ("rule", "mc_rollout", *FORMATS)
@@ -73,6 +74,10 @@ def validate(cfg: JobConfig) -> tuple[Any, Any]:
     task = make_task(cfg)
     if (g.backend == "noisy_oracle" or p.backend == "rule") and not isinstance(task, Game24):
         raise ConfigError("noisy_oracle and the rule PRM support task game24 only")
+    try:
+        check_checks(task, p.checks)
+    except ValueError as e:
+        raise ConfigError(f"prm.checks: {e}") from e
     try:  # a missing / empty dataset or a wrong field mapping fails here, before Ray starts
         if not select_problems(task, cfg.run.limit):
             raise ConfigError("task: the selected split holds no problems")

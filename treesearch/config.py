@@ -24,6 +24,7 @@ import yaml
 
 from treesearch.algorithms import ALGORITHMS
 from treesearch.budget import Budget
+from treesearch.models import with_embedded_models
 from treesearch.selection import SELECTIONS
 
 
@@ -64,7 +65,7 @@ class ResourcesConfig:
 @dataclass
 class GeneratorConfig:
     backend: str = "noisy_oracle"  # noisy_oracle (deterministic) | vllm | hf
-    model: str | None = None  # HF model dir (vllm, hf)
+    model: str | None = None  # HF model dir (vllm, hf); game24: none = the embedded policy
     error_rate: float = 0.5  # noisy_oracle: probability a proposed step is an error
     max_step_tokens: int = 48  # cap on generated tokens per step (budget worst case)
     num_parameters: float = 1.28e6  # noisy_oracle: nominal size for FLOPs (models: read from weights)
@@ -86,8 +87,11 @@ class GeneratorConfig:
 class PRMConfig:
     backend: str = "rule"  # rule | math_shepherd | qwen_prm | outcome_rm | mc_rollout (ORACLE)
     engine: str = "transformers"  # transformers | vllm (math_shepherd only)
-    model: str | None = None  # HF model dir (model backends)
+    model: str | None = None  # HF model dir (model backends); game24 math_shepherd: none = embedded PRM
     reachability: bool = True  # rule: also require 24 reachable (an ORACLE: a ceiling)
+    # Task checks multiplied into the PRM's step scores (treesearch.verifiers): "rule" (step
+    # validity, legitimate) and/or "reachability" (the solver: an ORACLE). [] = the PRM alone.
+    checks: list[str] = field(default_factory=list)
     rollouts: int = 4  # mc_rollout: continuations per step (fraction correct: an ORACLE label)
     num_parameters: float = 0.0  # rule: nominal size for FLOPs (models: read from weights)
     step_tag: str | None = None  # math_shepherd: default "ки"
@@ -164,6 +168,11 @@ def _check(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
         return build(tp, value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+        (item,) = typing.get_args(tp) or (Any,)
+        return [_check(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
@@ -234,6 +243,6 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {text!r}: {k} is not a section")
         node[keys[-1]] = value
-    cfg = build(JobConfig, data, "")
+    cfg = with_embedded_models(build(JobConfig, data, ""))
     cfg.algorithm_config()  # validate the algorithm section now, not mid-run
     return cfg

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from treesearch import verifiers
 from treesearch.algorithms import ALGORITHMS
 from treesearch.backends.deterministic import NoisyOracleGenerator, RulePRM
 from treesearch.backends.mc_rollout import MonteCarloRolloutPRM
@@ -117,6 +118,7 @@ def summarize(
     for r in rows:
         job.add(Ledger.from_dict(r["ledger"]))
     job.wall_seconds = wall_seconds
+    verifier, oracle = verifiers.describe(cfg.prm.backend, cfg.prm.checks, cfg.prm.reachability)
     return {
         "n_problems": n,
         "accuracy": sum(r["correct"] for r in rows) / n if n else 0.0,
@@ -126,6 +128,8 @@ def summarize(
         "split": cfg.task.split,
         "seed": cfg.run.seed,
         "budget": {k: v for k, v in dataclasses.asdict(cfg.budget).items() if v is not None},
+        "verifier": verifier,
+        "oracle_verifier": oracle,
         "mean_nodes": sum(r["nodes"] for r in rows) / n if n else 0.0,
         "ledger": job.to_dict(),
         **extra,
@@ -187,6 +191,10 @@ def run_job(
         scorer = mc_rollout_prm(cfg, generator, task, problems)
     if scorer is None:
         raise ValueError("run_job: a generator was given without a scorer")
+    try:
+        scorer = verifiers.compose(scorer, task, cfg.prm.checks, problems)
+    except ValueError as e:
+        raise ConfigError(f"prm.checks: {e}") from e
     rundir = RunDir(out, cfg, resume)
     todo = [p for p in problems if p.id not in rundir.finished]
     bar = Progress(len(problems), done=len(problems) - len(todo)) if progress else None
@@ -229,6 +237,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     led = summary["ledger"]
     rows = [
         ("algorithm", summary["algorithm"]),
+        ("verifier", summary.get("verifier", "?")),
         ("problems", summary["n_problems"]),
         ("accuracy", f"{summary['accuracy']:.1%}"),
         ("coverage", f"{summary['coverage']:.1%}"),

@@ -29,6 +29,7 @@ from treesearch.protocol import (
 )
 from treesearch.tasks import game24 as g24
 from treesearch.tasks.base import Problem
+from treesearch.verifiers import passes
 
 
 class ByteTokenizer:
@@ -194,13 +195,6 @@ class RulePRM:
 
     def score_one(self, req: ScoreRequest) -> ScoreResult:
         problem = Problem("", req.prompt, {"numbers": [int(x) for x in req.prompt.split()]})
-        scores = []
-        for i in range(1, len(req.steps) + 1):
-            prefix = req.steps[:i]
-            ok = bool(self.task.verify_step(problem, prefix))
-            if ok and self.reachability:
-                ok = self.task.step_reachable(problem, prefix)
-            # Once a step fails, every later step of the chain fails too.
-            ok = ok and (not scores or scores[-1] == 1.0)
-            scores.append(1.0 if ok else 0.0)
-        return ScoreResult(tuple(scores), self.count_tokens(req))
+        checks = ("rule", "reachability") if self.reachability else ("rule",)
+        scores = tuple(float(ok) for ok in passes(self.task, problem, req.steps, checks))
+        return ScoreResult(scores, self.count_tokens(req))

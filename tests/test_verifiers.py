@@ -1,0 +1,109 @@
+"""Composable verifiers: PRM scores times the rule check and (oracle) reachability."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from treesearch.backends.deterministic import RulePRM
+from treesearch.config import ConfigError, load_config
+from treesearch.protocol import ScoreRequest, ScoreResult
+from treesearch.runner import run_job
+from treesearch.tasks import game24 as g24
+from treesearch.tasks.game24 import Game24
+from treesearch.verifiers import ProductScorer, compose, describe, passes
+
+TASK = Game24("dev")
+PROBLEM = TASK.problems()[0]
+NUMS = PROBLEM.data["numbers"]
+
+
+def chain(valid_steps: int, bad: str | None = None) -> tuple[str, ...]:
+    """The first ``valid_steps`` steps of a solution, then ``bad`` (if given)."""
+    steps = tuple(m.text() for m in g24.solve(g24.state_of(NUMS)))[:valid_steps]
+    return (*steps, bad) if bad else steps
+
+
+class ConstantPRM:
+    num_parameters = 1.0
+
+    def count_tokens(self, request: ScoreRequest) -> int:
+        return 7
+
+    async def score(self, requests):
+        return [ScoreResult(tuple(0.8 for _ in r.steps), 7) for r in requests]
+
+
+def test_rule_check_fails_made_up_arithmetic_and_everything_after():
+    good = chain(3)
+    assert passes(TASK, PROBLEM, good, ["rule"]) == [True, True, True]
+    a, b = sorted(NUMS)[-2:]
+    made_up = f"{b} + {a} = {a + b + 1} (left: 1 2 3)"
+    assert passes(TASK, PROBLEM, (good[0], made_up, good[2]), ["rule"])[1:] == [False, False]
+
+
+def test_reachability_is_stricter_than_rule():
+    # A legal step that leaves 24 unreachable passes the rule check, not reachability.
+    state = g24.state_of(NUMS)
+    dead = next(m for m in g24.legal_moves(state) if not g24.reachable(m.left))
+    steps = (dead.text(),)
+    assert passes(TASK, PROBLEM, steps, ["rule"]) == [True]
+    assert passes(TASK, PROBLEM, steps, ["rule", "reachability"]) == [False]
+
+
+def test_product_scorer_zeroes_failed_steps_and_keeps_inner_tokens():
+    a, b = sorted(NUMS)[-2:]
+    bad = f"{b} * {a} = {a * b + 3} (left: 5)"
+    req = ScoreRequest(PROBLEM.id, 1, PROBLEM.prompt, (*chain(1), bad))
+    scorer = ProductScorer(ConstantPRM(), TASK, ["rule"], [PROBLEM])
+    (res,) = asyncio.run(scorer.score([req]))
+    assert res.step_scores == (0.8, 0.0)
+    assert res.tokens == 7 and scorer.count_tokens(req) == 7
+    inner = ConstantPRM()
+    assert compose(inner, TASK, [], [PROBLEM]) is inner
+    with pytest.raises(ValueError, match="unknown check"):
+        ProductScorer(inner, TASK, ["rules"], [PROBLEM])
+
+
+def test_rule_prm_with_reachability_equals_rule_times_reachability_check():
+    reqs = [
+        ScoreRequest(PROBLEM.id, i, PROBLEM.prompt, steps)
+        for i, steps in enumerate([chain(1), chain(3), (chain(1)[0], "1 + 1 = 3 (left: 3)")])
+    ]
+    oracle = asyncio.run(RulePRM(TASK, reachability=True).score(reqs))
+    composed = ProductScorer(RulePRM(TASK, reachability=False), TASK, ["reachability"], [PROBLEM])
+    assert [r.step_scores for r in asyncio.run(composed.score(reqs))] == [r.step_scores for r in oracle]
+
+
+def test_labels_mark_every_oracle():
+    assert describe("math_shepherd", ["rule"]) == ("math_shepherd x rule", False)
+    label, oracle = describe("math_shepherd", ["rule", "reachability"])
+    assert oracle and "ORACLE" in label
+    assert describe("rule", [], reachability=True)[1]
+    assert not describe("rule", [], reachability=False)[1]
+    assert describe("mc_rollout", [])[1]
+
+
+def test_job_with_checks_is_labelled_and_matches_the_oracle_prm(tmp_path):
+    base = ["run.in_process=true", "run.limit=6", "task.split=dev", "algorithm.name=beam"]
+    composed = load_config(None, [*base, "prm.reachability=false", "prm.checks=[reachability]"])
+    oracle = load_config(None, [*base, "prm.reachability=true"])
+    a = run_job(composed, tmp_path / "a", progress=False)
+    b = run_job(oracle, tmp_path / "b", progress=False)
+    assert a["verifier"] == "rule x reachability (ORACLE: a ceiling)" and a["oracle_verifier"]
+    assert a["accuracy"] == b["accuracy"] and a["ledger"] == {
+        **b["ledger"],
+        "wall_seconds": a["ledger"]["wall_seconds"],
+    }
+    rows = [json.loads(x) for x in (tmp_path / "a" / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 6
+
+
+def test_bad_checks_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match=r"prm.checks\[0\]: expected a string"):
+        load_config(None, ["prm.checks=[1]"])
+    cfg = load_config(None, ["run.in_process=true", "run.limit=2", "prm.checks=[rules]"])
+    with pytest.raises(ConfigError, match=r"prm\.checks: unknown check"):
+        run_job(cfg, tmp_path / "x", progress=False)

@@ -1,0 +1,286 @@
+"""Trains the embedded Game-of-24 PRM (Math-Shepherd format) mainly on the policy's own samples.
+
+    python -m treesearch.models.train_prm --csv ../shared/data/game24/24.csv \\
+        --policy DIR --out DIR
+
+Input ``"{puzzle} {step 1} ки\\n{step 2} ки..."``; the score of step i is
+``softmax(logits[tag_i, [+, -]])[0]``. Labels come from the solver (good iff every step so far
+is valid and 24 is still reachable). The mixture per batch:
+
+- ``policy``: the policy's own chains, sampled at temperature 1 from the training puzzles
+  (unsolvable multisets included) and from random valid prefixes of depth 1 and 2;
+- ``corrupt``: hard negatives aimed at what the policy gets wrong (made-up arithmetic, a wrong
+  ``left`` list, an unavailable operand, a false ``= 24``) after a random valid prefix;
+- ``valid``: random valid chains, half of them along moves that keep 24 reachable.
+
+At the end it reports step accuracy and recall on good / bad steps on held-out policy samples
+(the project's test split and ToT's ranks 901-1000, never trained on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from treesearch.models import game24_data as data
+from treesearch.models.sampling import sample, sample_vllm, split_steps
+from treesearch.models.tiny import build_char_tokenizer
+from treesearch.models.train import (
+    IGNORE,
+    ModelShape,
+    TrainConfig,
+    describe,
+    make_llama,
+    pick_device,
+    save,
+    train,
+)
+from treesearch.tasks import game24 as g24
+from treesearch.tasks.game24 import state_of
+
+Chain = tuple[tuple[int, ...], tuple[str, ...]]  # (puzzle numbers, steps)
+SHAPE = ModelShape(hidden=128, layers=8, heads=4, intermediate=384)  # 1.7M parameters
+
+
+# ----------------------------------------------------------------------------- data
+Sampler = Callable[[Sequence[str], Sequence[int], int], list[list[str]]]  # prompts, counts, seed
+
+
+def make_sampler(policy_dir: str, kind: str, device: Any) -> Sampler:
+    """``vllm`` (an offline engine; fast on CPU) or ``torch`` (HF generate on ``device``)."""
+    if kind == "vllm":
+        return lambda prompts, counts, seed: sample_vllm(policy_dir, prompts, counts, seed=seed)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(policy_dir)
+    model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32).to(device).eval()
+
+    def draw(prompts: Sequence[str], counts: Sequence[int], seed: int) -> list[list[str]]:
+        out: list[list[str]] = [[] for _ in prompts]
+        for k in sorted(set(counts)):
+            idx = [i for i, c in enumerate(counts) if c == k]
+            for i, texts in zip(
+                idx, sample(model, tok, [prompts[i] for i in idx], k, seed=seed + k), strict=True
+            ):
+                out[i] = texts
+        return out
+
+    return draw
+
+
+def policy_chains(
+    draw: Sampler, puzzles: Sequence[tuple[int, ...]], n_root: int, n_prefix: int, per_prefix: int, seed: int
+) -> list[Chain]:
+    """The policy's samples: ``n_root`` from each puzzle, ``per_prefix`` from ``n_prefix`` random
+    valid prefixes (depth 1 or 2) of each."""
+    rng = random.Random(seed)
+    starts: list[Chain] = [(p, ()) for p in puzzles]
+    for p in puzzles:
+        for _ in range(n_prefix):
+            pre = data.random_valid_prefix(p, rng.choice((1, 2)), rng)
+            if pre is not None:
+                starts.append((p, tuple(pre)))
+    prompts = [data.policy_text(p, pre) for p, pre in starts]
+    counts = [n_root if not pre else per_prefix for _, pre in starts]
+    chains: list[Chain] = []
+    for (p, pre), texts in zip(starts, draw(prompts, counts, seed), strict=True):
+        for t in texts:
+            steps = (*pre, *split_steps(t, 3 - len(pre) + 1))
+            if len(steps) > len(pre):
+                chains.append((p, steps))
+    return chains
+
+
+def corrupt_chain(p: tuple[int, ...], rng: random.Random) -> Chain | None:
+    pre = data.random_valid_prefix(p, rng.choice((0, 1, 1, 2, 2)), rng)
+    if pre is None:
+        return None
+    state = data.state_after(p, pre)
+    moves = data.policy_moves(state)
+    if not moves:
+        return None
+    return p, (*pre, data.corrupt(state, rng.choice(moves), rng).text)
+
+
+def valid_chain(p: tuple[int, ...], rng: random.Random) -> Chain | None:
+    state, steps = state_of(p), []
+    for _ in range(rng.choice((1, 2, 3, 3))):
+        good = [m for m in g24.good_moves(state) if m.result >= 0]
+        moves = good if good and rng.random() < 0.5 else data.policy_moves(state)
+        if not moves:
+            break
+        m = rng.choice(moves)
+        steps.append(m.text())
+        state = m.left
+    return (p, tuple(steps)) if steps else None
+
+
+def encode(tok: Any, chains: Sequence[Chain]) -> list[tuple[list[int], list[int]]]:
+    """``(ids, targets)``: target 0 (good) / 1 (bad) at each step tag, IGNORE elsewhere."""
+    tag = tok.convert_tokens_to_ids(data.TAG)
+    texts = [data.prm_text(p, steps) for p, steps in chains]
+    rows = []
+    for (p, steps), ids in zip(chains, tok(texts)["input_ids"], strict=True):
+        labels = iter(data.step_labels(p, steps))
+        rows.append((ids, [(0 if next(labels) else 1) if t == tag else IGNORE for t in ids]))
+    return rows
+
+
+# ----------------------------------------------------------------------------- scoring
+@torch.no_grad()
+def score_chains(model: Any, tok: Any, chains: Sequence[Chain], batch: int = 512) -> list[list[float]]:
+    """P(good) per step, read at the step tags (as the PRM actor reads it)."""
+    device = next(model.parameters()).device
+    good, bad = tok.convert_tokens_to_ids(data.GOOD), tok.convert_tokens_to_ids(data.BAD)
+    tag = tok.convert_tokens_to_ids(data.TAG)
+    out: list[list[float]] = []
+    for start in range(0, len(chains), batch):
+        texts = [data.prm_text(p, s) for p, s in chains[start : start + batch]]
+        enc = tok(texts, return_tensors="pt", padding=True, padding_side="right")
+        ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        probs = torch.softmax(logits[..., [good, bad]], dim=-1)[..., 0]
+        for row_ids, row_p in zip(ids.tolist(), probs.tolist(), strict=True):
+            out.append([pr for t, pr in zip(row_ids, row_p, strict=True) if t == tag])
+    return out
+
+
+def step_metrics(
+    chains: Sequence[Chain], scores: Sequence[Sequence[float]], first_error_only: bool = False
+) -> dict[str, float]:
+    """Accuracy at threshold 0.5 and recall on good / bad steps. ``first_error_only`` keeps the
+    steps up to and including a chain's first bad one (later steps are trivially bad)."""
+    hits = {True: [0, 0], False: [0, 0]}  # label -> [correct, total]
+    for (p, steps), sc in zip(chains, scores, strict=True):
+        for label, s in zip(data.step_labels(p, steps), sc, strict=True):
+            hits[label][0] += (s > 0.5) == label
+            hits[label][1] += 1
+            if first_error_only and not label:
+                break
+    n = hits[True][1] + hits[False][1]
+    return {
+        "steps": n,
+        "accuracy": (hits[True][0] + hits[False][0]) / max(1, n),
+        "recall_good": hits[True][0] / max(1, hits[True][1]),
+        "recall_bad": hits[False][0] / max(1, hits[False][1]),
+        "good_fraction": hits[True][1] / max(1, n),
+    }
+
+
+def held_out_chains(draw: Sampler, csv: str, n: int, seed: int) -> list[Chain]:
+    """``n`` policy samples from each held-out puzzle (project test split + ToT's 901-1000)."""
+    held = sorted({*g24.project_split()["test"], *g24.read_tot_csv(csv)})
+    outs = draw([data.prompt_of(p) for p in held], [n] * len(held), seed)
+    return [
+        (p, tuple(split_steps(t)))
+        for p, texts in zip(held, outs, strict=True)
+        for t in texts
+        if split_steps(t)
+    ]
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--csv", required=True, help="ToT's 24.csv (its ranks 901-1000 are held out)")
+    ap.add_argument("--policy", required=True, help="the trained policy's model dir")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--steps", type=int, default=900)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--samples", type=int, default=12, help="policy samples per training puzzle (root)")
+    ap.add_argument("--prefixes", type=int, default=4, help="random valid prefixes per puzzle")
+    ap.add_argument("--per-prefix", type=int, default=3, help="policy samples per prefix")
+    ap.add_argument("--pool", type=int, default=100_000, help="corrupt and valid chains each")
+    ap.add_argument("--eval-samples", type=int, default=16, help="held-out policy samples per test puzzle")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument(
+        "--sampler",
+        default="auto",
+        choices=("auto", "vllm", "torch"),
+        help="how policy samples are drawn (auto: vllm on CPU, torch on GPU)",
+    )
+    args = ap.parse_args(argv)
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+
+    device = pick_device(args.device)
+    kind = args.sampler if args.sampler != "auto" else ("vllm" if device.type == "cpu" else "torch")
+    draw = make_sampler(args.policy, kind, device)
+    tok = build_char_tokenizer(added_tokens=(data.TAG,))
+    puzzles = data.training_puzzles(args.csv, solvable_only=False)
+    rng = random.Random(args.seed)
+
+    pol = policy_chains(draw, puzzles, args.samples, args.prefixes, args.per_prefix, args.seed)
+    solvable = data.training_puzzles(args.csv)
+    corrupt = [c for c in (corrupt_chain(rng.choice(solvable), rng) for _ in range(args.pool)) if c]
+    valid = [c for c in (valid_chain(rng.choice(puzzles), rng) for _ in range(args.pool)) if c]
+    pools = {
+        name: encode(tok, chains)
+        for name, chains in (("policy", pol), ("corrupt", corrupt), ("valid", valid))
+    }
+    for name, rows in pools.items():
+        targets = [t for _, tg in rows for t in tg if t != IGNORE]
+        log(f"{name}: {len(rows)} chains, {len(targets)} steps, {1 - sum(targets) / len(targets):.2f} good")
+    all_targets = [t for rows in pools.values() for _, tg in rows for t in tg if t != IGNORE]
+    p_good = 1 - sum(all_targets) / len(all_targets)
+    weight = torch.tensor([0.5 / p_good, 0.5 / (1 - p_good)], device=device)  # balance good / bad
+    mix = (("policy", 0.5), ("corrupt", 0.25), ("valid", 0.25))
+
+    def batch(r: random.Random):
+        from treesearch.models.train import pad_batch
+
+        rows = [r.choice(pools[name]) for name, share in mix for _ in range(round(args.batch * share))]
+        return pad_batch(rows, tok.pad_token_id)
+
+    good, bad = tok.convert_tokens_to_ids(data.GOOD), tok.convert_tokens_to_ids(data.BAD)
+
+    def tag_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        sel = targets != IGNORE
+        return F.cross_entropy(logits[sel][:, [good, bad]].float(), targets[sel], weight=weight)
+
+    model = make_llama(tok, SHAPE, args.seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"prm: {n_params / 1e6:.2f}M parameters, {len(puzzles)} training multisets")
+    cfg = TrainConfig(
+        steps=args.steps,
+        batch=args.batch,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        warmup=200,
+        log_every=250,
+    )
+    stats = train(model, batch, tag_loss, cfg, log=log)
+
+    model.to(device)
+    held = held_out_chains(draw, args.csv, args.eval_samples, args.seed + 1)
+    scores = score_chains(model, tok, held)
+    metrics = {
+        "all_steps": step_metrics(held, scores),
+        "up_to_first_error": step_metrics(held, scores, first_error_only=True),
+    }
+    log(f"held-out policy samples: {metrics}")
+    card = {
+        "command": "python -m treesearch.models.train_prm " + " ".join(argv or sys.argv[1:]),
+        "parameters": n_params,
+        "training_multisets": len(puzzles),
+        "pools": {k: len(v) for k, v in pools.items()},
+        "mix": dict(mix),
+        "held_out": metrics,
+        **describe(SHAPE, cfg),
+        **stats,
+    }
+    save(model, tok, args.out, card)
+    log(f"saved {args.out}: final loss {stats['final_loss']:.4f}, {stats['minutes']:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
