@@ -10,8 +10,10 @@ with what was asked and what is free), then runs :func:`treesearch.runner.run_jo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -221,6 +223,14 @@ class Backends:
     generator_handles: list[Any]
     prm_handles: list[Any]
 
+    def dispatch_stats(self) -> dict[str, int]:
+        return {
+            "generator_routed": self.generator.pool.stats.routed,
+            "generator_reissued": self.generator.pool.stats.reissued,
+            "prm_reissued": self.scorer.pool.stats.reissued if self.scorer else 0,
+            "affinity_hits": self.generator.pool.stats.affinity_hits,
+        }
+
     def shutdown(self) -> None:
         for h in self.generator_handles + self.prm_handles:
             ray.kill(h, no_restart=True)
@@ -263,10 +273,10 @@ def init_ray(address: str | None, num_cpus: int | None) -> bool:
     return True
 
 
-def run_on_ray(
-    cfg: JobConfig, out: Path, address: str | None = None, progress: bool = True, resume: bool = False
-) -> dict[str, Any]:
-    """Runs ``cfg`` with actor pools on Ray (local unless ``address``); returns the summary."""
+@contextlib.contextmanager
+def backends_for(cfg: JobConfig, address: str | None = None) -> Iterator[Backends]:
+    """Validated, started replicas for ``cfg`` on Ray (local unless ``address``), shut down on
+    exit (with the local Ray instance, if this call started it). Every run inside shares them."""
     validate(cfg)  # fail on bad models before Ray starts
     started = init_ray(address, cfg.run.ray_num_cpus)
     try:
@@ -276,17 +286,19 @@ def run_on_ray(
             ray.shutdown()
         raise
     try:
-        summary = run_job(cfg, out, backends.generator, backends.scorer, progress=progress, resume=resume)
-        stats = {
-            "generator_routed": backends.generator.pool.stats.routed,
-            "generator_reissued": backends.generator.pool.stats.reissued,
-            "prm_reissued": backends.scorer.pool.stats.reissued if backends.scorer else 0,
-            "affinity_hits": backends.generator.pool.stats.affinity_hits,
-        }
-        summary["dispatch"] = stats
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        return summary
+        yield backends
     finally:
         backends.shutdown()
         if started:
             ray.shutdown()
+
+
+def run_on_ray(
+    cfg: JobConfig, out: Path, address: str | None = None, progress: bool = True, resume: bool = False
+) -> dict[str, Any]:
+    """Runs ``cfg`` with actor pools on Ray (local unless ``address``); returns the summary."""
+    with backends_for(cfg, address) as backends:
+        summary = run_job(cfg, out, backends.generator, backends.scorer, progress=progress, resume=resume)
+        summary["dispatch"] = backends.dispatch_stats()
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary

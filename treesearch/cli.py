@@ -1,6 +1,8 @@
 """``treesearch`` command line.
 
   treesearch run CONFIG [--set key=value]... [--out DIR|URI] [--limit N] [--resume] [--address A]
+  treesearch compare CONFIG --algorithms A,B,.. --budgets N,M,.. [--budget-unit U] [--seeds S]
+                     [--limit N] [--out DIR] [--params ALGO.key=value]... [--set key=value]...
   treesearch export TREE --format json|graphml|dot|html [-o FILE]
   treesearch view RUN_DIR [--compare RUN_DIR] [-o FILE]
   treesearch submit CONFIG --address http://HEAD:8265 --out DIR|URI [--set key=value]... [--limit N]
@@ -46,6 +48,27 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--in-process", action="store_true", help="no Ray: in-process deterministic backends only"
     )
+    cmp = sub.add_parser(
+        "compare", help="every algorithm at every budget, same problems and pools: CSV, JSON, plots, report"
+    )
+    cmp.add_argument("config", help="the base job YAML (task, models, verifier)")
+    cmp.add_argument("--algorithms", required=True, help="comma-separated, e.g. best_of_n,beam,mcts")
+    cmp.add_argument("--budgets", required=True, help="comma-separated per-problem budgets, e.g. 256,1024")
+    cmp.add_argument(
+        "--budget-unit",
+        default="total_tokens",
+        help="total_tokens (policy + PRM, default) | flops (policy + PRM) | generated_tokens | "
+        "generator_calls (policy only)",
+    )
+    cmp.add_argument("--seeds", type=int, default=1, help="seeds per cell, from run.seed up")
+    cmp.add_argument("--limit", type=int, default=None, help="only the first N problems")
+    cmp.add_argument("--out", default=None, help="output dir (default: runs/compare-<time>); resumable")
+    cmp.add_argument(
+        "--params", action="append", default=[], metavar="ALGO.KEY=VALUE", help="e.g. beam.width=8"
+    )
+    cmp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    cmp.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
+    cmp.add_argument("--in-process", action="store_true", help="no Ray: deterministic backends only")
     exp = sub.add_parser("export", help="export a tree (or every tree of a run dir)")
     exp.add_argument("tree", help="trees/<id>.msgpack or a run dir")
     exp.add_argument("--format", required=True, help="json | graphml | dot | html")
@@ -76,8 +99,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.argv = list(argv if argv is not None else sys.argv[1:])
     if args.command == "run":
         return _run(args)
+    if args.command == "compare":
+        return _compare(args)
     if args.command in ("export", "view"):
         return _export_command(args)
     return _job_command(args)
@@ -162,6 +188,70 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     print(format_summary(summary))
     print(f"output: {out}")
+    return 0
+
+
+def _numbers(text: str, what: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError as e:
+        raise ConfigError(f"{what}: expected comma-separated numbers, got {text!r}") from e
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from treesearch import compare
+    from treesearch.report import write_report
+    from treesearch.runner import run_job
+
+    overrides = list(args.overrides) + (["run.in_process=true"] if args.in_process else [])
+    if args.limit is not None:
+        overrides.append(f"run.limit={args.limit}")
+    try:
+        if args.limit is not None and args.limit < 1:
+            raise ConfigError("--limit must be >= 1")
+        cfg = load_config(args.config, overrides)
+        algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
+        cells = compare.plan(
+            cfg,
+            algorithms,
+            _numbers(args.budgets, "--budgets"),
+            args.budget_unit,
+            args.seeds,
+            compare.parse_params(args.params),
+        )
+        out = Path(args.out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
+        print(f"{len(cells)} runs -> {out}", file=sys.stderr)
+        if cfg.run.in_process:
+            rows = compare.run_grid(
+                cells, out, args.budget_unit, lambda c, d: run_job(c, d, progress=False, resume=True)
+            )
+        else:
+            try:
+                from actors.driver import backends_for
+            except ImportError as e:
+                raise ConfigError(
+                    f"Ray is not installed ({e.name}): install treesearch[ray] or pass --in-process"
+                ) from e
+            with backends_for(cfg, args.address) as b:
+                rows = compare.run_grid(
+                    cells,
+                    out,
+                    args.budget_unit,
+                    lambda c, d: run_job(c, d, b.generator, b.scorer, progress=False, resume=True),
+                )
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    compare.write_tables(rows, out)
+    from treesearch.verifiers import describe
+
+    verifier = describe(cfg.prm.backend, cfg.prm.checks, cfg.prm.reachability)[0]
+    report = write_report(rows, out, "treesearch " + " ".join(args.argv), note=f"verifier: {verifier}")
+    print(compare.format_table(rows))
+    print(f"output: {out}  (report: {report})")
     return 0
 
 
