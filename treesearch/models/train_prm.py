@@ -45,7 +45,28 @@ from treesearch.tasks import game24 as g24
 from treesearch.tasks.game24 import state_of
 
 Chain = tuple[tuple[int, ...], tuple[str, ...]]  # (puzzle numbers, steps)
-SHAPE = ModelShape(hidden=128, layers=8, heads=4, intermediate=384)  # 1.7M parameters
+SCRATCH_SHAPE = ModelShape(hidden=128, layers=8, heads=4, intermediate=384)  # 1.7M, --init scratch
+
+
+def init_from_policy(policy_dir: str, tok: Any) -> tuple[Any, ModelShape]:
+    """The policy's weights with one new embedding row for the step tag (Math-Shepherd PRMs
+    are fine-tuned language models: the policy already reads the format and the arithmetic)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = AutoTokenizer.from_pretrained(policy_dir).get_vocab()
+    if any(tok.convert_tokens_to_ids(t) != i for t, i in base.items()):
+        raise ValueError(f"{policy_dir}: its vocabulary is not a prefix of the PRM's")
+    model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32)
+    model.resize_token_embeddings(len(tok), mean_resizing=True)
+    c = model.config
+    shape = ModelShape(
+        hidden=c.hidden_size,
+        layers=c.num_hidden_layers,
+        heads=c.num_attention_heads,
+        intermediate=c.intermediate_size,
+        max_positions=c.max_position_embeddings,
+    )
+    return model, shape
 
 
 # ----------------------------------------------------------------------------- data
@@ -193,7 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument(
+        "--init", default="policy", choices=("policy", "scratch"), help="start from the policy's weights"
+    )
     ap.add_argument("--samples", type=int, default=8, help="policy samples per training puzzle (root)")
     ap.add_argument("--prefixes", type=int, default=4, help="random valid prefixes per puzzle")
     ap.add_argument("--per-prefix", type=int, default=2, help="policy samples per prefix")
@@ -245,7 +269,11 @@ def main(argv: list[str] | None = None) -> int:
         sel = targets != IGNORE
         return F.cross_entropy(logits[sel][:, [good, bad]].float(), targets[sel], weight=weight)
 
-    model = make_llama(tok, SHAPE, args.seed)
+    if args.init == "policy":
+        torch.manual_seed(args.seed)  # the new rows are drawn at random
+        model, shape = init_from_policy(args.policy, tok)
+    else:
+        model, shape = make_llama(tok, SCRATCH_SHAPE, args.seed), SCRATCH_SHAPE
     n_params = sum(p.numel() for p in model.parameters())
     log(f"prm: {n_params / 1e6:.2f}M parameters, {len(puzzles)} training multisets")
     cfg = TrainConfig(
@@ -254,8 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         lr=args.lr,
         seed=args.seed,
         device=args.device,
-        warmup=200,
-        log_every=250,
+        warmup=50,
+        log_every=100,
     )
     stats = train(model, batch, tag_loss, cfg, log=log)
 
@@ -274,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         "pools": {k: len(v) for k, v in pools.items()},
         "mix": dict(mix),
         "held_out": metrics,
-        **describe(SHAPE, cfg),
+        "init": args.init,
+        **describe(shape, cfg),
         **stats,
     }
     save(model, tok, args.out, card)
