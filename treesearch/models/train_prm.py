@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--csv", required=True, help="ToT's 24.csv (its ranks 901-1000 are held out)")
     ap.add_argument("--policy", required=True, help="the trained policy's model dir")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--steps", type=int, default=800)
+    ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument(
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     all_targets = [t for rows in pools.values() for _, tg in rows for t in tg if t != IGNORE]
     p_good = 1 - sum(all_targets) / len(all_targets)
     weight = torch.tensor([0.5 / p_good, 0.5 / (1 - p_good)], device=device)  # balance good / bad
-    mix = (("policy", 0.5), ("corrupt", 0.25), ("valid", 0.25))
+    mix = (("policy", 0.6), ("corrupt", 0.2), ("valid", 0.2))
 
     def batch(r: random.Random):
         from treesearch.models.train import pad_batch
