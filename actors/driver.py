@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -269,7 +270,13 @@ def init_ray(address: str | None, num_cpus: int | None) -> bool:
     if address:
         ray.init(address=address)
     else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)  # never a stray cluster
+        ray.init(
+            address="local",  # never a stray cluster
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            # vLLM's per-engine INFO lines drown the progress line; warnings and errors still show
+            runtime_env={"env_vars": {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}},
+        )
     return True
 
 

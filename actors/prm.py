@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -166,11 +167,19 @@ class VLLMPoolingPRMWorker:
             max_model_len=spec.max_model_len,
         )
         self.num_parameters = count_parameters(spec.model)
+        # The offline LLM is not thread-safe: concurrent encode() calls from the actor's
+        # in-flight requests corrupt its engine-core socket (seen as "b'\\x00\\x00' is not
+        # a valid EngineCoreRequestType", then a hang). One call at a time.
+        self._lock = threading.Lock()
 
     async def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         return await asyncio.to_thread(self._score, list(requests))
 
     def _score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
+        with self._lock:
+            return self._score_locked(requests)
+
+    def _score_locked(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
         from vllm import TokensPrompt
 
         rows = [self.fmt.rows(self.tokenizer, r.prm_question, r.steps)[0] for r in requests]
