@@ -83,7 +83,9 @@ class ReplicaPool(Generic[Req, Res]):
         self.load = [0] * len(self.handles)  # requests in flight per replica
         self.home: dict[str, int] = {}
         self.stats = PoolStats(routed=[0] * len(self.handles), busy_seconds=[0.0] * len(self.handles))
-        self._slots = [asyncio.Semaphore(max_calls_in_flight) for _ in self.handles]
+        self.max_calls_in_flight = max_calls_in_flight
+        self._slots: list[asyncio.Semaphore] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def route(self, key: str) -> int:
         """The replica for one request with affinity key ``key`` (updates the key's home)."""
@@ -99,6 +101,10 @@ class ReplicaPool(Generic[Req, Res]):
 
     async def submit(self, requests: Sequence[Req]) -> list[Res]:
         """Results for ``requests``, in order."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a pool outlives a job's event loop (compare runs many jobs)
+            self._loop = loop
+            self._slots = [asyncio.Semaphore(self.max_calls_in_flight) for _ in self.handles]
         groups: dict[int, list[int]] = {}
         for i, req in enumerate(requests):
             r = self.route(self.key(req))

@@ -60,7 +60,7 @@ def run(replicas: int, affinity: bool, problems: int, out: str) -> dict:
                 key=lambda r: (r.problem_id, r.node, r.nonce),
                 affinity_bound=0,
                 max_batch=old.max_batch,
-                max_calls_in_flight=cfg.generator.resources.max_calls_in_flight,
+                max_calls_in_flight=old.max_calls_in_flight,
             )
         prompts: list[int] = []
         inner = gen.generate

@@ -124,3 +124,19 @@ def test_cli_rejects_bad_budgets(capsys):
     assert main(["compare", str(CONFIGS / "game24-beam.yaml"), "--in-process", "--algorithms", "beam",
                  "--budgets", "1k"]) == 2  # fmt: skip
     assert "--budgets" in capsys.readouterr().err
+
+
+def test_a_pool_serves_jobs_on_successive_event_loops():
+    """compare runs one job per cell, each in its own asyncio.run, on the same replica pool."""
+    import asyncio
+
+    from actors.dispatch import ReplicaPool
+
+    async def invoke(handle, batch):
+        await asyncio.sleep(0.001)
+        return [(handle, x) for x in batch]
+
+    pool = ReplicaPool(["a", "b"], invoke, key=str, max_batch=1, max_calls_in_flight=1)
+    for _ in range(3):  # contention on the per-replica slots binds them to the running loop
+        out = asyncio.run(pool.submit(list(range(20))))
+        assert [x for _, x in out] == list(range(20))
