@@ -103,3 +103,14 @@ def test_difficulty_orders_easy_before_hard():
 def test_unknown_split():
     with pytest.raises(ValueError, match="unknown game24 split"):
         Game24("validation")
+
+
+def test_a_zero_denominator_is_an_invalid_step_not_a_crash():
+    # the embedded policy once wrote "12/0"; the checker must reject it, not raise
+    state = g.state_of([3, 4, 12])
+    for step in ("12 / 0 = 12/0 (left: 3 4 12/0)", "4 * 3 = 12 (left: 12/0 12)"):
+        assert not g.check_step(state, step).ok
+    task = Game24("dev")
+    problem = task.problem((3, 4, 12, 1))
+    steps = ("12 - 1 = 11 (left: 3 4 11)", "11 / 0 = 11/0 (left: 3 4 11/0)")
+    assert task.verify_step(problem, steps) is False

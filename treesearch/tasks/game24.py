@@ -37,7 +37,7 @@ N_DEV = 100
 
 State = tuple[Fraction, ...]  # a sorted multiset
 
-_NUM = r"-?\d+(?:/\d+)?"
+_NUM = r"-?\d+(?:/0*[1-9]\d*)?"  # a zero denominator does not parse (a model can write one)
 _STEP_RE = re.compile(
     rf"^\s*({_NUM})\s*([-+*/])\s*({_NUM})\s*=\s*({_NUM})\s*\(left:\s*((?:{_NUM}\s*)+)\)\s*$"
 )
