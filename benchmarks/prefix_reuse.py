@@ -44,6 +44,7 @@ def run(replicas: int, affinity: bool, problems: int, out: str) -> dict:
             "generator.resources.num_cpus=0",
             f"generator.block_size={BLOCK}",
             "prm.backend=rule",
+            "prm.engine=transformers",
             "prm.reachability=false",
             "prm.checks=[]",
             "prm.resources.num_cpus=0",
