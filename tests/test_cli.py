@@ -165,6 +165,8 @@ def test_default_run_uses_a_local_ray(tmp_path):
             str(tmp_path / "bad"),
             "--set",
             "generator.backend=vllm",
+            "--set",
+            f"generator.model={tmp_path / 'no-such-model'}",
         ],
         capture_output=True,
         text=True,
@@ -172,7 +174,7 @@ def test_default_run_uses_a_local_ray(tmp_path):
     )
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [
-        "error: generator.model: a model directory is required for this backend"
+        f"error: generator.model: model directory not found: {tmp_path / 'no-such-model'}"
     ]
 
 
