@@ -76,6 +76,17 @@ def test_beam_prunes_to_width():
             assert len(kept) <= 2
 
 
+def test_beam_dedup_merges_identical_chains_before_scoring():
+    def scored_copies(t):  # scored nodes whose chain equals an earlier scored node's
+        chains = [tuple(t.steps(n)) for n in range(1, len(t)) if not math.isnan(t.prm_score[n])]
+        return len(chains) - len(set(chains))
+
+    _, _, _, plain = run_inprocess("beam", {"width": 3, "expansions": 4}, error_rate=0.2)
+    _, _, _, merged = run_inprocess("beam", {"width": 3, "expansions": 4, "dedup": True}, error_rate=0.2)
+    assert sum(scored_copies(t) for t in plain.values()) > 0  # the policy does repeat itself
+    assert all(scored_copies(t) == 0 for t in merged.values())  # copies never reach the PRM
+
+
 def test_dvts_keeps_one_head_per_subtree():
     _, _, _, trees = run_inprocess("dvts", {"n_subtrees": 3, "expansions": 4})
     for t in trees.values():

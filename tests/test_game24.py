@@ -105,12 +105,42 @@ def test_unknown_split():
         Game24("validation")
 
 
-def test_a_zero_denominator_is_an_invalid_step_not_a_crash():
-    # the embedded policy once wrote "12/0"; the checker must reject it, not raise
+def test_malformed_numbers_are_an_invalid_step_not_a_crash():
+    # the embedded policy once wrote "12/0", and once "16813-6" in a left list (at T = 1.3);
+    # the checker must reject them, not raise
     state = g.state_of([3, 4, 12])
-    for step in ("12 / 0 = 12/0 (left: 3 4 12/0)", "4 * 3 = 12 (left: 12/0 12)"):
+    for step in (
+        "12 / 0 = 12/0 (left: 3 4 12/0)",
+        "4 * 3 = 12 (left: 12/0 12)",
+        "4 * 3 = 12 (left: 16813-6)",
+    ):
         assert not g.check_step(state, step).ok
     task = Game24("dev")
     problem = task.problem((3, 4, 12, 1))
     steps = ("12 - 1 = 11 (left: 3 4 11)", "11 / 0 = 11/0 (left: 3 4 11/0)")
     assert task.verify_step(problem, steps) is False
+
+
+def test_the_checker_never_raises_on_mutated_steps():
+    """Character-level mutations of valid steps (what a small sampled policy writes) are
+    judged, never crash the checker."""
+    import random
+
+    rng = random.Random(0)
+    alphabet = "0123456789+-*/=() left:"
+    state = g.state_of([3, 4, 12, 5])
+    valid = [m.text() for m in g.legal_moves(state)]
+    for _ in range(5000):
+        step = list(rng.choice(valid))
+        for _ in range(rng.randint(1, 4)):
+            i = rng.randrange(len(step) + 1)
+            op = rng.random()
+            if op < 0.4:
+                step.insert(i, rng.choice(alphabet))
+            elif op < 0.8 and i < len(step):
+                step[i] = rng.choice(alphabet)
+            elif i < len(step):
+                del step[i]
+        text = "".join(step)
+        g.check_step(state, text)
+        g.claimed_left(text)

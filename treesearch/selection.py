@@ -38,6 +38,25 @@ def chain_score(tree: Tree, node: int, aggregate: str = "last") -> float:
     return AGGREGATES[aggregate](_step_scores(tree, node))
 
 
+def drop_duplicates(tree: Tree, nodes: Sequence[int]) -> list[int]:
+    """``nodes`` with repeated chains removed: the first node of each distinct step sequence
+    is kept, later ones are pruned (ToT merges identical states: its ``list(set(new_ys))``).
+
+    A small policy often samples the same step several times; without merging, copies of one
+    chain can fill every slot of a beam and the search degenerates to a single chain.
+    """
+    kept: list[int] = []
+    seen: set[tuple[str, ...]] = set()
+    for n in nodes:
+        key = tuple(tree.steps(n))
+        if key in seen:
+            tree.prune(n)
+            continue
+        seen.add(key)
+        kept.append(n)
+    return kept
+
+
 def best_by_score(tree: Tree, candidates: Sequence[int], aggregate: str = "last") -> int | None:
     """Highest aggregated chain score; ties to the lower node id."""
     best, best_score = None, -math.inf

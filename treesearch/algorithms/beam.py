@@ -4,7 +4,9 @@ Keep ``width`` chains. At each depth, sample ``expansions`` next steps for every
 chain and score them with the PRM; the best ``width - done`` children by score take the
 slots, where ``done`` counts finished chains that won a slot earlier. Finished chains that
 win a slot are set aside as answers; open ones are expanded next. At the root the beam is
-seeded with ``width * expansions`` samples. Every finished chain stays a candidate, but only
+seeded with ``width * expansions`` samples. With ``dedup`` (search-and-learn's
+``filter_duplicates``), identical chains are merged before ranking, so copies of one sample
+cannot take several slots. Every finished chain stays a candidate, but only
 well-scored ones use up the beam (a junk "final answer" must not end the search).
 
     children = score(expand(root, width * expansions))
@@ -20,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from treesearch.engine import SearchContext
-from treesearch.selection import chain_score, select_answer
+from treesearch.selection import chain_score, drop_duplicates, select_answer
 from treesearch.tree import ROOT, TERMINAL
 
 
@@ -30,6 +32,7 @@ class BeamConfig:
     expansions: int = 4  # samples per kept chain per depth
     selection: str = "last"  # how the final answer is chosen among finished chains
     aggregate: str = "last"  # chain score used to rank beams
+    dedup: bool = False  # merge identical chains before ranking (they would share slots)
 
 
 async def beam_search(ctx: SearchContext, cfg: BeamConfig) -> int | None:
@@ -38,6 +41,8 @@ async def beam_search(ctx: SearchContext, cfg: BeamConfig) -> int | None:
     done = 0
     (children,) = await ctx.expand([ROOT], cfg.width * cfg.expansions)
     while children:
+        if cfg.dedup:
+            children = drop_duplicates(tree, children)
         await ctx.score(children)
         finished.extend(c for c in children if tree.status[c] == TERMINAL)
         ranked = sorted(children, key=lambda n: (-chain_score(tree, n, cfg.aggregate), n))

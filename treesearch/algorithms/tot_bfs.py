@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from treesearch.engine import SearchContext
-from treesearch.selection import chain_score, select_answer
+from treesearch.selection import chain_score, drop_duplicates, select_answer
 from treesearch.tree import ROOT, TERMINAL
 
 
@@ -35,15 +35,7 @@ async def tot_bfs(ctx: SearchContext, cfg: ToTBFSConfig) -> int | None:
     frontier = [ROOT]
     while frontier and not ctx.exhausted:
         kids = await ctx.expand(frontier, cfg.samples)
-        proposals: list[int] = []
-        seen: set[tuple[str, ...]] = set()
-        for c in (c for ks in kids for c in ks):
-            key = tuple(tree.steps(c))
-            if key in seen:  # ToT merges identical chains (its ``list(set(new_ys))``)
-                tree.prune(c)
-                continue
-            seen.add(key)
-            proposals.append(c)
+        proposals = drop_duplicates(tree, [c for ks in kids for c in ks])
         await ctx.score(proposals)
         proposals.sort(key=lambda n: (-chain_score(tree, n, cfg.aggregate), n))
         kept, dropped = proposals[: cfg.breadth], proposals[cfg.breadth :]

@@ -37,9 +37,11 @@ N_DEV = 100
 
 State = tuple[Fraction, ...]  # a sorted multiset
 
-_NUM = r"-?\d+(?:/0*[1-9]\d*)?"  # a zero denominator does not parse (a model can write one)
+# A zero denominator does not parse, and numbers in the left list need spaces between them
+# ("16813-6" is not two numbers): a model can write either.
+_NUM = r"-?\d+(?:/0*[1-9]\d*)?"
 _STEP_RE = re.compile(
-    rf"^\s*({_NUM})\s*([-+*/])\s*({_NUM})\s*=\s*({_NUM})\s*\(left:\s*((?:{_NUM}\s*)+)\)\s*$"
+    rf"^\s*({_NUM})\s*([-+*/])\s*({_NUM})\s*=\s*({_NUM})\s*\(left:\s*({_NUM}(?:\s+{_NUM})*)\s*\)\s*$"
 )
 
 
