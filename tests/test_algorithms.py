@@ -76,6 +76,13 @@ def test_beam_prunes_to_width():
             assert len(kept) <= 2
 
 
+def test_beam_root_expansions_seed_the_beam():
+    _, _, _, trees = run_inprocess("beam", {"width": 2, "expansions": 2, "root_expansions": 7})
+    for t in trees.values():
+        assert len(t.children[0]) == 7  # not width * expansions = 4
+        assert all(len(t.children[n]) in (0, 2) for n in t.children[0])
+
+
 def test_beam_dedup_merges_identical_chains_before_scoring():
     def scored_copies(t):  # scored nodes whose chain equals an earlier scored node's
         chains = [tuple(t.steps(n)) for n in range(1, len(t)) if not math.isnan(t.prm_score[n])]

@@ -4,12 +4,14 @@ Keep ``width`` chains. At each depth, sample ``expansions`` next steps for every
 chain and score them with the PRM; the best ``width - done`` children by score take the
 slots, where ``done`` counts finished chains that won a slot earlier. Finished chains that
 win a slot are set aside as answers; open ones are expanded next. At the root the beam is
-seeded with ``width * expansions`` samples. With ``dedup`` (search-and-learn's
+seeded with ``root_expansions`` samples (default ``width * expansions``): where a policy's
+first step decides most failures, samples spent at the root buy more coverage than deeper
+ones. With ``dedup`` (search-and-learn's
 ``filter_duplicates``), identical chains are merged before ranking, so copies of one sample
 cannot take several slots. Every finished chain stays a candidate, but only
 well-scored ones use up the beam (a junk "final answer" must not end the search).
 
-    children = score(expand(root, width * expansions))
+    children = score(expand(root, root_expansions or width * expansions))
     while children and done < width:
         slots = top_(width - done)(children)
         done += |terminal(slots)|; finished += terminal(children)
@@ -30,6 +32,7 @@ from treesearch.tree import ROOT, TERMINAL
 class BeamConfig:
     width: int = 4  # chains kept per depth
     expansions: int = 4  # samples per kept chain per depth
+    root_expansions: int = 0  # samples at the root; 0 means width * expansions
     selection: str = "last"  # how the final answer is chosen among finished chains
     aggregate: str = "last"  # chain score used to rank beams
     dedup: bool = False  # merge identical chains before ranking (they would share slots)
@@ -39,7 +42,7 @@ async def beam_search(ctx: SearchContext, cfg: BeamConfig) -> int | None:
     tree = ctx.tree
     finished: list[int] = []
     done = 0
-    (children,) = await ctx.expand([ROOT], cfg.width * cfg.expansions)
+    (children,) = await ctx.expand([ROOT], cfg.root_expansions or cfg.width * cfg.expansions)
     while children:
         if cfg.dedup:
             children = drop_duplicates(tree, children)
