@@ -31,7 +31,11 @@ from treesearch.config import load_config
 from treesearch.runner import run_job
 
 BLOCK = 32
-ALGORITHM = "{name: beam, width: 4, expansions: 4}"  # 16 chains per depth share 4 prefixes
+# 16 chains, one sample per chain per depth (the root's 16 samples are one request, its prompt
+# shorter than a block). One-sample requests keep vLLM's sibling sharing out of the figure: the
+# n samples of one request share its prefill and vLLM reports that as cached tokens, whatever
+# the routing; what is measured here is reuse *across* requests, which routing decides.
+ALGORITHM = "{name: beam, width: 16, expansions: 1}"
 
 
 def run(replicas: int, affinity: bool, problems: int, out: str) -> dict:
