@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
 from treesearch.config import ConfigError, load_config
 from treesearch.storage import local_run_dir
@@ -100,27 +101,37 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])
-    if args.command == "run":
-        return _run(args)
-    if args.command == "compare":
-        return _compare(args)
-    if args.command in ("export", "view"):
-        return _export_command(args)
-    return _job_command(args)
+    commands = {"run": _run, "compare": _compare, "export": _export_command, "view": _export_command}
+    try:  # one mapping of failures to exit statuses for every command (module docstring)
+        return commands.get(args.command, _job_command)(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def _ray_driver() -> ModuleType:
+    """``actors.driver`` (imported here: Ray is optional), or a ConfigError saying how to do
+    without Ray."""
+    try:
+        from actors import driver
+    except ImportError as e:
+        raise ConfigError(
+            f"Ray is not installed ({e.name}): install treesearch[ray] or pass --in-process"
+        ) from e
+    return driver
 
 
 def _export_command(args: argparse.Namespace) -> int:
     from treesearch.export_cli import export, view
 
-    try:
-        if args.command == "export":
-            for path in export(args.tree, args.format, args.output):
-                print(path)
-        else:
-            print(view(args.run_dir, args.compare, args.output))
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if args.command == "export":
+        for path in export(args.tree, args.format, args.output):
+            print(path)
+    else:
+        print(view(args.run_dir, args.compare, args.output))
     return 0
 
 
@@ -142,9 +153,6 @@ def _job_command(args: argparse.Namespace) -> int:
             print(jobs.stop(args.address, args.job))
         else:
             print(jobs.results(args.address, args.job))
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except RuntimeError as e:  # e.g. an unknown job id reported by the job server
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
@@ -159,33 +167,20 @@ def _run(args: argparse.Namespace) -> int:
         overrides.append("run.in_process=true")
     if args.limit is not None:
         if args.limit < 1:
-            print("error: --limit must be >= 1", file=sys.stderr)
-            return 2
+            raise ConfigError("--limit must be >= 1")
         overrides.append(f"run.limit={args.limit}")
-    try:
-        cfg = load_config(args.config, overrides)
-        if args.resume and args.out is None:
-            raise ConfigError("--resume needs --out DIR (the run to continue)")
-        out = args.out or str(Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
-        if not cfg.run.in_process:
-            try:
-                from actors.driver import run_on_ray, validate
-            except ImportError as e:
-                raise ConfigError(
-                    f"Ray is not installed ({e.name}): install treesearch[ray] or pass --in-process"
-                ) from e
-            validate(cfg)
-        with local_run_dir(out) as local:
-            if cfg.run.in_process:
-                summary = run_job(cfg, local, progress=not args.quiet, resume=args.resume)
-            else:
-                summary = run_on_ray(cfg, local, args.address, progress=not args.quiet, resume=args.resume)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except RuntimeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    cfg = load_config(args.config, overrides)
+    if args.resume and args.out is None:
+        raise ConfigError("--resume needs --out DIR (the run to continue)")
+    out = args.out or str(Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    driver = None if cfg.run.in_process else _ray_driver()
+    if driver is not None:
+        driver.validate(cfg)
+    with local_run_dir(out) as local:
+        if driver is None:
+            summary = run_job(cfg, local, progress=not args.quiet, resume=args.resume)
+        else:
+            summary = driver.run_on_ray(cfg, local, args.address, progress=not args.quiet, resume=args.resume)
     print(format_summary(summary))
     print(f"output: {out}")
     return 0
@@ -206,45 +201,32 @@ def _compare(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + (["run.in_process=true"] if args.in_process else [])
     if args.limit is not None:
         overrides.append(f"run.limit={args.limit}")
-    try:
-        if args.limit is not None and args.limit < 1:
-            raise ConfigError("--limit must be >= 1")
-        cfg = load_config(args.config, overrides)
-        algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
-        cells = compare.plan(
-            cfg,
-            algorithms,
-            _numbers(args.budgets, "--budgets"),
-            args.budget_unit,
-            args.seeds,
-            compare.parse_params(args.params),
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError("--limit must be >= 1")
+    cfg = load_config(args.config, overrides)
+    algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
+    cells = compare.plan(
+        cfg,
+        algorithms,
+        _numbers(args.budgets, "--budgets"),
+        args.budget_unit,
+        args.seeds,
+        compare.parse_params(args.params),
+    )
+    out = Path(args.out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
+    print(f"{len(cells)} runs -> {out}", file=sys.stderr)
+    if cfg.run.in_process:
+        rows = compare.run_grid(
+            cells, out, args.budget_unit, lambda c, d: run_job(c, d, progress=False, resume=True)
         )
-        out = Path(args.out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
-        print(f"{len(cells)} runs -> {out}", file=sys.stderr)
-        if cfg.run.in_process:
+    else:
+        with _ray_driver().backends_for(cfg, args.address) as b:
             rows = compare.run_grid(
-                cells, out, args.budget_unit, lambda c, d: run_job(c, d, progress=False, resume=True)
+                cells,
+                out,
+                args.budget_unit,
+                lambda c, d: run_job(c, d, b.generator, b.scorer, progress=False, resume=True),
             )
-        else:
-            try:
-                from actors.driver import backends_for
-            except ImportError as e:
-                raise ConfigError(
-                    f"Ray is not installed ({e.name}): install treesearch[ray] or pass --in-process"
-                ) from e
-            with backends_for(cfg, args.address) as b:
-                rows = compare.run_grid(
-                    cells,
-                    out,
-                    args.budget_unit,
-                    lambda c, d: run_job(c, d, b.generator, b.scorer, progress=False, resume=True),
-                )
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except RuntimeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     compare.write_tables(rows, out)
     from treesearch.verifiers import describe
 

@@ -48,7 +48,18 @@ def plot(rows: list[dict[str, Any]], out: Path, title: str = "") -> list[Path]:
     colors = {a: f"C{i}" for i, a in enumerate(groups)}
     paths = []
 
-    def save(fig: Any, name: str) -> None:
+    def finish(
+        fig: Any, ax: Any, name: str, xlabel: str, ylabel: str, title: str, square: bool, ncol: int = 1
+    ) -> None:
+        """Labels, legend and grid, then saves; ``square``: both axes are fractions in [0, 1]."""
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if square:
+            ax.set_xlim(0, 1.02)
+            ax.set_ylim(0, 1.02)
+        ax.set_title(title)
+        ax.legend(fontsize=7, ncol=ncol)
+        ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(out / name, dpi=110)
         plt.close(fig)
@@ -63,13 +74,17 @@ def plot(rows: list[dict[str, Any]], out: Path, title: str = "") -> list[Path]:
         ax.plot(x, [r["coverage"] for r in rs], "--", marker="x", color=colors[algo], alpha=0.6,
                 label=f"{algo} coverage")  # fmt: skip
     ax.set_xscale("log")
-    ax.set_xlabel(f"realised {unit} per problem (log)")
-    ax.set_ylabel("fraction of problems")
     ax.set_ylim(0, 1.02)
-    ax.set_title(f"Accuracy (95% CI) and coverage vs compute{title}")
-    ax.legend(fontsize=7, ncol=2)
-    ax.grid(alpha=0.3)
-    save(fig, FIGURES[0][0])
+    finish(
+        fig,
+        ax,
+        FIGURES[0][0],
+        f"realised {unit} per problem (log)",
+        "fraction of problems",
+        f"Accuracy (95% CI) and coverage vs compute{title}",
+        square=False,
+        ncol=2,
+    )
 
     fig, ax = plt.subplots(figsize=(5.2, 4.6))
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, label="no selection gap")
@@ -78,40 +93,45 @@ def plot(rows: list[dict[str, Any]], out: Path, title: str = "") -> list[Path]:
         for r in rs:
             ax.annotate(f"{r['budget']:g}", (r["coverage"], r["accuracy"]), fontsize=6,
                         xytext=(3, -8), textcoords="offset points")  # fmt: skip
-    ax.set_xlabel("coverage (a correct chain exists in the tree)")
-    ax.set_ylabel("accuracy (the chosen answer is correct)")
-    ax.set_xlim(0, 1.02)
-    ax.set_ylim(0, 1.02)
-    ax.set_title("Coverage vs accuracy (labels: budget)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    save(fig, FIGURES[1][0])
+    finish(
+        fig,
+        ax,
+        FIGURES[1][0],
+        "coverage (a correct chain exists in the tree)",
+        "accuracy (the chosen answer is correct)",
+        "Coverage vs accuracy (labels: budget)",
+        square=True,
+    )
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for algo, rs in groups.items():
         ax.plot([r["budget"] for r in rs], [r["accuracy_per_1k_tokens"] for r in rs], marker="o",
                 color=colors[algo], label=algo)  # fmt: skip
     ax.set_xscale("log")
-    ax.set_xlabel(f"budget ({unit} per problem, log)")
-    ax.set_ylabel("accuracy per 1k tokens (policy + PRM)")
-    ax.set_title("Token efficiency")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    save(fig, FIGURES[2][0])
+    finish(
+        fig,
+        ax,
+        FIGURES[2][0],
+        f"budget ({unit} per problem, log)",
+        "accuracy per 1k tokens (policy + PRM)",
+        "Token efficiency",
+        square=False,
+    )
 
     fig, ax = plt.subplots(figsize=(5.2, 4.6))
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, label="calibrated")
     for algo, rs in groups.items():
         ax.scatter([r["chosen_score_mean"] for r in rs], [r["accuracy"] for r in rs], color=colors[algo],
                    label=algo)  # fmt: skip
-    ax.set_xlabel("mean verifier score of the chosen answer")
-    ax.set_ylabel("true accuracy")
-    ax.set_xlim(0, 1.02)
-    ax.set_ylim(0, 1.02)
-    ax.set_title("Verifier score vs true accuracy")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    save(fig, FIGURES[3][0])
+    finish(
+        fig,
+        ax,
+        FIGURES[3][0],
+        "mean verifier score of the chosen answer",
+        "true accuracy",
+        "Verifier score vs true accuracy",
+        square=True,
+    )
     return paths
 
 

@@ -6,16 +6,16 @@ slots, where ``done`` counts finished chains that won a slot earlier. Finished c
 win a slot are set aside as answers; open ones are expanded next. At the root the beam is
 seeded with ``root_expansions`` samples (default ``width * expansions``): where a policy's
 first step decides most failures, samples spent at the root buy more coverage than deeper
-ones. With ``dedup`` (search-and-learn's
-``filter_duplicates``), identical chains are merged before ranking, so copies of one sample
-cannot take several slots. Every finished chain stays a candidate, but only
-well-scored ones use up the beam (a junk "final answer" must not end the search).
+ones. With ``dedup`` (search-and-learn's ``filter_duplicates``), identical chains are merged
+before ranking, so copies of one sample cannot take several slots. Every finished chain stays
+a candidate, but only well-scored ones use up the beam (a junk "final answer" must not end
+the search).
 
-    children = score(expand(root, root_expansions or width * expansions))
+    children = score(dedup?(expand(root, root_expansions or width * expansions)))
     while children and done < width:
         slots = top_(width - done)(children)
         done += |terminal(slots)|; finished += terminal(children)
-        children = score(expand(open(slots), expansions))
+        children = score(dedup?(expand(open(slots), expansions)))
     return select(finished)
 """
 
