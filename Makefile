@@ -30,7 +30,7 @@ demo: $(CORE_STAMP)
 	rm -rf runs/demo
 	$(VENV)/bin/treesearch run configs/game24.yaml --out runs/demo
 
-# Retrains the embedded models from seed 0 (~17 + ~26 min on 2 CPU cores), then measures the
+# Retrains the embedded models from seed 0 (~18 + ~28 min on 2 CPU cores), then measures the
 # policy. ToT's 24.csv is read from ../shared (its ranks 901-1000 are never trained on).
 CSV ?= ../shared/data/game24/24.csv
 MODELS := treesearch/models/game24

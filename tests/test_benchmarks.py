@@ -12,7 +12,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize(
     "name",
-    ["tree_store", "dispatch_overhead", "async_vs_lockstep", "scaling", "viewer_render", "prefix_reuse"],
+    [
+        "tree_store",
+        "dispatch_overhead",
+        "async_vs_lockstep",
+        "scaling",
+        "viewer_render",
+        "prefix_reuse",
+        "train_step",
+    ],
 )
 def test_benchmark_smoke(name):
     proc = subprocess.run(

@@ -160,3 +160,32 @@ def test_mc_rollout_prm_in_a_search_respects_the_budget(tmp_path):
     assert s["ledger"]["prm_tokens"] > 0 and s["ledger"]["prm_flops"] > 0
     for line in (tmp_path / "results.jsonl").read_text().splitlines():
         assert json.loads(line)["ledger"]["total_tokens"] <= 6000
+
+
+def test_a_batch_that_returns_after_its_search_was_cancelled_is_dropped_quietly():
+    """A failing sibling cancels the other searches; their in-flight batches still return and
+    must not fail on the cancelled futures (it printed InvalidStateError at shutdown)."""
+    from treesearch.engine import Batcher
+
+    class HeldGenerator:
+        def __init__(self) -> None:
+            self.release = asyncio.Event()
+
+        async def generate(self, requests):
+            await self.release.wait()
+            return [f"result of {r}" for r in requests]
+
+    async def main() -> list:
+        gen = HeldGenerator()
+        batcher = Batcher(gen, scorer=RulePRM(Game24("dev")))
+        batcher.active = 1
+        search = asyncio.ensure_future(batcher.generate(["a", "b"]))
+        await asyncio.sleep(0)  # submitted and flushed: one batch in flight
+        (batch,) = batcher._inflight
+        search.cancel()
+        gen.release.set()
+        return await asyncio.gather(search, batch, return_exceptions=True)
+
+    cancelled, resolved = asyncio.run(main())
+    assert isinstance(cancelled, asyncio.CancelledError)
+    assert resolved is None  # _resolve returned normally

@@ -121,26 +121,55 @@ def test_malformed_numbers_are_an_invalid_step_not_a_crash():
     assert task.verify_step(problem, steps) is False
 
 
+def _mutate(text: str, rng) -> str:
+    """1-4 character insertions, substitutions or deletions (what a small sampled policy writes)."""
+    step = list(text)
+    for _ in range(rng.randint(1, 4)):
+        i = rng.randrange(len(step) + 1)
+        op = rng.random()
+        if op < 0.4:
+            step.insert(i, rng.choice("0123456789+-*/=() left:"))
+        elif op < 0.8 and i < len(step):
+            step[i] = rng.choice("0123456789+-*/=() left:")
+        elif i < len(step):
+            del step[i]
+    return "".join(step)
+
+
 def test_the_checker_never_raises_on_mutated_steps():
-    """Character-level mutations of valid steps (what a small sampled policy writes) are
-    judged, never crash the checker."""
+    """Mutated valid steps are judged, never crash the checker."""
     import random
 
     rng = random.Random(0)
-    alphabet = "0123456789+-*/=() left:"
     state = g.state_of([3, 4, 12, 5])
     valid = [m.text() for m in g.legal_moves(state)]
     for _ in range(5000):
-        step = list(rng.choice(valid))
-        for _ in range(rng.randint(1, 4)):
-            i = rng.randrange(len(step) + 1)
-            op = rng.random()
-            if op < 0.4:
-                step.insert(i, rng.choice(alphabet))
-            elif op < 0.8 and i < len(step):
-                step[i] = rng.choice(alphabet)
-            elif i < len(step):
-                del step[i]
-        text = "".join(step)
+        text = _mutate(rng.choice(valid), rng)
         g.check_step(state, text)
         g.claimed_left(text)
+
+
+def test_every_task_method_survives_mutated_chains():
+    """Whole solutions with one step mutated go through every method the engine calls on
+    model-written text (a model wrote a final ``(left: 10)`` after 10 was used up)."""
+    import random
+
+    from treesearch.models.game24_data import solution_paths
+
+    rng = random.Random(1)
+    task = Game24("dev")
+    problem = task.problem((4, 5, 6, 10))
+    paths = solution_paths(g.state_of([4, 5, 6, 10]))
+    terminal = 0
+    for _ in range(3000):
+        steps = list(rng.choice(paths))
+        i = rng.randrange(len(steps))
+        steps[i] = _mutate(steps[i], rng)
+        task.state(problem, steps)
+        task.verify_step(problem, steps)
+        answer = task.extract_answer(problem, steps)
+        terminal += answer is not None
+        assert task.is_correct(problem, steps) <= (answer is not None and answer.endswith("= 24"))
+    assert terminal > 300  # the final-answer path is exercised: many keep a one-number claim
+    used_up = ["10 - 4 = 6 (left: 5 6 6)", "6 - 5 = 1 (left: 1 6)", "6 * 1 = 6 (left: 10)"]
+    assert task.extract_answer(problem, used_up) == "10 = 10"

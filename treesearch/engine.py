@@ -105,7 +105,9 @@ class Batcher:
         else:
             error = None
         for i, p in enumerate(chunk):
-            if error is not None:
+            if p.future.done():  # its search was cancelled (a sibling failed, or shutdown)
+                pass
+            elif error is not None:
                 p.future.set_exception(error)
             else:
                 p.future.set_result(results[i])

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"policy: {n_params / 1e6:.2f}M parameters", file=sys.stderr)
 
     def batch(rng: random.Random):
-        return pad_batch(rng.sample(rows, min(cfg.batch, len(rows))), tok.pad_token_id)
+        return [pad_batch(rng.sample(rows, min(cfg.batch, len(rows))), tok.pad_token_id)]
 
     stats = train(model, batch, next_token_loss, cfg, log=lambda s: print(s, file=sys.stderr))
     card = {

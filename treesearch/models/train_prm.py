@@ -36,6 +36,7 @@ from treesearch.models.train import (
     ModelShape,
     TrainConfig,
     describe,
+    length_buckets,
     make_llama,
     pick_device,
     save,
@@ -95,27 +96,37 @@ def make_sampler(policy_dir: str, kind: str, device: Any) -> Sampler:
     return draw
 
 
-def policy_chains(
-    draw: Sampler, puzzles: Sequence[tuple[int, ...]], n_root: int, n_prefix: int, per_prefix: int, seed: int
-) -> list[Chain]:
-    """The policy's samples: ``n_root`` from each puzzle, ``per_prefix`` from ``n_prefix`` random
-    valid prefixes (depth 1 or 2) of each."""
+def policy_starts(
+    puzzles: Sequence[tuple[int, ...]], n_root: int, n_prefix: int, per_prefix: int, seed: int
+) -> list[tuple[Chain, int]]:
+    """Where the policy's training samples start, with a count each: ``n_root`` from each
+    puzzle, ``per_prefix`` from ``n_prefix`` random valid prefixes (depth 1 or 2) of each."""
     rng = random.Random(seed)
-    starts: list[Chain] = [(p, ()) for p in puzzles]
+    starts: list[tuple[Chain, int]] = [((p, ()), n_root) for p in puzzles]
     for p in puzzles:
         for _ in range(n_prefix):
             pre = data.random_valid_prefix(p, rng.choice((1, 2)), rng)
             if pre is not None:
-                starts.append((p, tuple(pre)))
-    prompts = [data.policy_text(p, pre) for p, pre in starts]
-    counts = [n_root if not pre else per_prefix for _, pre in starts]
-    chains: list[Chain] = []
-    for (p, pre), texts in zip(starts, draw(prompts, counts, seed), strict=True):
-        for t in texts:
-            steps = (*pre, *split_steps(t, 3 - len(pre) + 1))
-            if len(steps) > len(pre):
-                chains.append((p, steps))
-    return chains
+                starts.append(((p, tuple(pre)), per_prefix))
+    return starts
+
+
+def held_out_starts(csv: str, n: int) -> list[tuple[Chain, int]]:
+    """``n`` samples from each held-out puzzle (project test split + ToT's 901-1000)."""
+    held = sorted({*g24.project_split()["test"], *g24.read_tot_csv(csv)})
+    return [((p, ()), n) for p in held]
+
+
+def draw_chains(draw: Sampler, starts: Sequence[tuple[Chain, int]], seed: int) -> list[list[Chain]]:
+    """The policy's continuations of each start, as whole chains (start's steps + sampled ones,
+    at most three in all plus one overrun, so a chain that runs on is labelled bad)."""
+    prompts = [data.policy_text(p, pre) for (p, pre), _ in starts]
+    texts = draw(prompts, [k for _, k in starts], seed)
+    out: list[list[Chain]] = []
+    for ((p, pre), _), outs in zip(starts, texts, strict=True):
+        chains = [(p, (*pre, *split_steps(t, 3 - len(pre) + 1))) for t in outs]
+        out.append([c for c in chains if len(c[1]) > len(pre)])
+    return out
 
 
 def corrupt_chain(p: tuple[int, ...], rng: random.Random) -> Chain | None:
@@ -194,35 +205,30 @@ def step_metrics(
     }
 
 
-def held_out_chains(draw: Sampler, csv: str, n: int, seed: int) -> list[Chain]:
-    """``n`` policy samples from each held-out puzzle (project test split + ToT's 901-1000)."""
-    held = sorted({*g24.project_split()["test"], *g24.read_tot_csv(csv)})
-    outs = draw([data.prompt_of(p) for p in held], [n] * len(held), seed)
-    return [
-        (p, tuple(split_steps(t)))
-        for p, texts in zip(held, outs, strict=True)
-        for t in texts
-        if split_steps(t)
-    ]
-
-
 # ----------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--csv", required=True, help="ToT's 24.csv (its ranks 901-1000 are held out)")
     ap.add_argument("--policy", required=True, help="the trained policy's model dir")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--steps", type=int, default=1000)
-    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=1300)
+    ap.add_argument("--batch", type=int, default=104)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument(
         "--init", default="policy", choices=("policy", "scratch"), help="start from the policy's weights"
     )
-    ap.add_argument("--samples", type=int, default=8, help="policy samples per training puzzle (root)")
+    ap.add_argument("--samples", type=int, default=10, help="policy samples per training puzzle (root)")
     ap.add_argument("--prefixes", type=int, default=4, help="random valid prefixes per puzzle")
     ap.add_argument("--per-prefix", type=int, default=2, help="policy samples per prefix")
+    ap.add_argument(
+        "--policy-share",
+        type=float,
+        default=0.8,
+        help="share of each batch; corrupt and valid chains split the rest",
+    )
     ap.add_argument("--pool", type=int, default=100_000, help="corrupt and valid chains each")
     ap.add_argument("--eval-samples", type=int, default=16, help="held-out policy samples per test puzzle")
+    ap.add_argument("--buckets", type=int, default=8, help="micro-batches per step, rows sorted by length")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument(
@@ -241,7 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     puzzles = data.training_puzzles(args.csv, solvable_only=False)
     rng = random.Random(args.seed)
 
-    pol = policy_chains(draw, puzzles, args.samples, args.prefixes, args.per_prefix, args.seed)
+    # One engine draws the training samples and the held-out ones (an engine start is ~40 s).
+    train_starts = policy_starts(puzzles, args.samples, args.prefixes, args.per_prefix, args.seed)
+    drawn = draw_chains(draw, [*train_starts, *held_out_starts(args.csv, args.eval_samples)], args.seed)
+    pol = [c for chains in drawn[: len(train_starts)] for c in chains]
+    held = [c for chains in drawn[len(train_starts) :] for c in chains]
     solvable = data.training_puzzles(args.csv)
     corrupt = [c for c in (corrupt_chain(rng.choice(solvable), rng) for _ in range(args.pool)) if c]
     valid = [c for c in (valid_chain(rng.choice(puzzles), rng) for _ in range(args.pool)) if c]
@@ -255,13 +265,12 @@ def main(argv: list[str] | None = None) -> int:
     all_targets = [t for rows in pools.values() for _, tg in rows for t in tg if t != IGNORE]
     p_good = 1 - sum(all_targets) / len(all_targets)
     weight = torch.tensor([0.5 / p_good, 0.5 / (1 - p_good)], device=device)  # balance good / bad
-    mix = (("policy", 0.6), ("corrupt", 0.2), ("valid", 0.2))
+    rest = round((1 - args.policy_share) / 2, 6)
+    mix = (("policy", args.policy_share), ("corrupt", rest), ("valid", rest))
 
     def batch(r: random.Random):
-        from treesearch.models.train import pad_batch
-
         rows = [r.choice(pools[name]) for name, share in mix for _ in range(round(args.batch * share))]
-        return pad_batch(rows, tok.pad_token_id)
+        return length_buckets(rows, tok.pad_token_id, args.buckets)
 
     good, bad = tok.convert_tokens_to_ids(data.GOOD), tok.convert_tokens_to_ids(data.BAD)
 
@@ -288,7 +297,6 @@ def main(argv: list[str] | None = None) -> int:
     stats = train(model, batch, tag_loss, cfg, log=log)
 
     model.to(device)
-    held = held_out_chains(draw, args.csv, args.eval_samples, args.seed + 1)
     scores = score_chains(model, tok, held)
     metrics = {
         "all_steps": step_metrics(held, scores),

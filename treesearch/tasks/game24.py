@@ -314,7 +314,7 @@ class Game24:
             exprs.setdefault(r, []).append(f"({ea} {m[2]} {eb})")
         final = claimed_left(steps[-1])
         assert final is not None
-        expr = exprs.get(final[0], [fmt(final[0])])[-1]
+        expr = (exprs.get(final[0]) or [fmt(final[0])])[-1]  # a claimed number may be used up
         if expr.startswith("(") and expr.endswith(")"):
             expr = expr[1:-1]
         return f"{expr} = {fmt(final[0])}"
