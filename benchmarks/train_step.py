@@ -18,17 +18,23 @@ import torch
 
 from treesearch.models import game24_data as data
 from treesearch.models.tiny import build_char_tokenizer
-from treesearch.models.train import ModelShape, length_buckets, make_llama, pad_batch
+from treesearch.models.train import (
+    IGNORE,
+    ModelShape,
+    accumulate_gradients,
+    length_buckets,
+    make_llama,
+    pad_batch,
+)
 from treesearch.models.train_prm import corrupt_chain, encode, valid_chain
 from treesearch.tasks import game24 as g24
 
 
 def step_seconds(model, opt, micro, loss_fn) -> float:
+    """One optimiser step through the training loop's own gradient accumulation."""
     start = time.perf_counter()
     opt.zero_grad(set_to_none=True)
-    total = sum(int((t != -100).sum()) for _, _, t in micro)
-    for ids, _, tgt in micro:
-        (loss_fn(model(input_ids=ids).logits, tgt) * (int((tgt != -100).sum()) / total)).backward()
+    accumulate_gradients(model, micro, loss_fn, torch.device("cpu"))
     opt.step()
     return time.perf_counter() - start
 
@@ -54,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     good, bad = tok.convert_tokens_to_ids(data.GOOD), tok.convert_tokens_to_ids(data.BAD)
 
     def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        sel = targets != -100
+        sel = targets != IGNORE
         return torch.nn.functional.cross_entropy(logits[sel][:, [good, bad]], targets[sel])
 
     times: dict[str, list[float]] = {"padded": [], "bucketed": []}

@@ -163,7 +163,7 @@ def test_vllm_pooling_prm_matches_transformers(models):
 
 
 def _solutions_and_corruptions() -> tuple[list[ScoreRequest], list[ScoreRequest]]:
-    """Solver solutions of a few puzzles, and each with one step replaced by an invalid one
+    """Solver solutions of 34 puzzles, and each with one step replaced by an invalid one
     (made-up arithmetic, a wrong left list, an unavailable operand, a false ``= 24``)."""
     import random
 

@@ -3,7 +3,8 @@
 A batch is ``(input_ids, attention_mask, targets)``, each ``[batch, length]`` int64; ``targets``
 is ``-100`` where no loss is taken. One optimiser step takes a list of such micro-batches (their
 gradients add up, each weighted by its share of the step's targets): rows sorted by length and
-padded per micro-batch cost ~1.5x less compute than one batch padded to its longest row. The
+padded per micro-batch cost less compute than one batch padded to its longest row
+(``benchmarks/train_step.py``). The
 loss is passed in: next-token cross-entropy for the policy, a two-way (good / bad) cross-entropy
 at the step tags for the PRM.
 """
@@ -102,6 +103,31 @@ def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE)
 
 
+def accumulate_gradients(
+    model: Any,
+    micro: Sequence[Batch],
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    device: torch.device,
+) -> torch.Tensor:
+    """Forward and backward over one step's micro-batches, adding into ``.grad``.
+
+    ``loss_fn`` is a mean over a micro-batch's targets, so each is weighted by its share of the
+    step's targets (one micro-batch: weight exactly 1). Returns the step's loss (detached)."""
+    counts = [int((tgt != IGNORE).sum()) for _, _, tgt in micro]
+    total = sum(counts)
+    step_loss = torch.zeros((), device=device)
+    for (ids, _, tgt), n in zip(micro, counts, strict=True):
+        ids, tgt = ids.to(device, non_blocking=True), tgt.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            # Right padding only: causal attention never looks past a row's end, so no mask
+            # is needed (and the unmasked path is the fast one on CPU).
+            logits = model(input_ids=ids).logits
+        loss = loss_fn(logits, tgt) * (n / total)
+        loss.backward()
+        step_loss += loss.detach()
+    return step_loss
+
+
 def train(
     model: Any,
     sample_batch: Callable[[random.Random], Sequence[Batch]],
@@ -111,8 +137,7 @@ def train(
 ) -> dict[str, float]:
     """Trains in place; returns ``{final_loss, minutes, steps}`` (final loss: mean of the last 100).
 
-    ``sample_batch`` returns one step's micro-batches; ``loss_fn`` is a mean over a micro-batch's
-    targets, so each is weighted by its share of the step's targets (one micro-batch: weight 1).
+    ``sample_batch`` returns one step's micro-batches (see :func:`accumulate_gradients`).
     """
     device = pick_device(cfg.device)
     model.to(device).train()
@@ -126,27 +151,16 @@ def train(
         p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
         return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
 
-    use_bf16 = device.type == "cuda"
     start, recent = time.perf_counter(), []
     for step in range(cfg.steps):
         micro = sample_batch(rng)
-        counts = [int((tgt != IGNORE).sum()) for _, _, tgt in micro]
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         opt.zero_grad(set_to_none=True)
-        step_loss = 0.0
-        for (ids, _, tgt), n in zip(micro, counts, strict=True):
-            ids, tgt = ids.to(device, non_blocking=True), tgt.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                # Right padding only: causal attention never looks past a row's end, so no mask
-                # is needed (and the unmasked path is the fast one on CPU).
-                logits = model(input_ids=ids).logits
-            loss = loss_fn(logits, tgt) * (n / sum(counts))
-            loss.backward()
-            step_loss += loss.item()
+        step_loss = accumulate_gradients(model, micro, loss_fn, device)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        recent = [*recent[-99:], step_loss] if step % 10 == 0 or step >= cfg.steps - 100 else recent
+        recent = [*recent[-99:], step_loss.item()] if step % 10 == 0 or step >= cfg.steps - 100 else recent
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             mins = (time.perf_counter() - start) / 60
             mean = sum(recent[-10:]) / len(recent[-10:])
