@@ -35,12 +35,12 @@ demo: $(CORE_STAMP)
 CSV ?= ../shared/data/game24/24.csv
 MODELS := treesearch/models/game24
 models: $(CORE_STAMP)
-	$(PY) -m treesearch.models.train_policy --csv $(CSV) --out $(MODELS)/policy
-	$(PY) -m treesearch.models.train_prm --csv $(CSV) --policy $(MODELS)/policy --out $(MODELS)/prm
+	$(PY) -m treesearch.training.train_policy --csv $(CSV) --out $(MODELS)/policy
+	$(PY) -m treesearch.training.train_prm --csv $(CSV) --policy $(MODELS)/policy --out $(MODELS)/prm
 	$(MAKE) evaluate
 
 evaluate: $(CORE_STAMP)
-	$(PY) -m treesearch.models.evaluate_policy --csv $(CSV) --out $(MODELS)/policy/evaluation.json
+	$(PY) -m treesearch.training.evaluate_policy --csv $(CSV) --out $(MODELS)/policy/evaluation.json
 
 test: $(CORE_STAMP) $(CHROMIUM_STAMP)
 	$(VENV)/bin/ruff check .

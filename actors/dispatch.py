@@ -2,28 +2,50 @@
 
 It knows nothing about the search. A batch of requests is split across replicas:
 
-* **prefix affinity**: requests with the same affinity key (the problem id, so one tree's
-  prefixes) go to the replica that served the key before, which holds the key's KV-cache
-  prefixes, as long as that replica's load is within ``affinity_bound`` requests of the
-  least-loaded replica; otherwise the key moves to the least-loaded replica;
-* **least-loaded**: new keys go to the replica with the fewest requests in flight;
+* **prefix affinity by stable hashing with bounded loads** (Mirrokni, Thorup & Zadimoghaddam,
+  2018, "Consistent hashing with bounded loads"): each affinity key (the problem id, so one
+  tree's prefixes) ranks the replicas by rendezvous hashing (the same ranking in every
+  process) and is homed on the first replica in its ranking that holds fewer than
+  ``balance`` x the mean number of active keys; the key stays there (its KV-cache prefixes
+  do), and a tree whose worker died goes back there. A key idle for ``idle_s`` is released;
+* **load bound**: a request goes to its key's home while the home's load is within
+  ``affinity_bound`` requests of the least-loaded live replica, else (this request only) to
+  the next replica of the key's ranking within the bound. Load is what this pool has in
+  flight there plus what other callers had there when the replica last answered (its
+  reported queue depth less this pool's own requests), so workers do not pile onto one
+  replica;
 * **cap**: each call carries at most ``max_batch`` requests and each replica has at most
-  ``max_calls_in_flight`` calls outstanding;
-* **fault tolerance**: when a replica dies (``RayActorError``, which covers
-  ``ActorDiedError``; or ``ActorUnavailableError`` while it restarts), its in-flight
-  requests are re-issued, to the restarted replica or another one. Each request's result is
-  delivered exactly once, so the ledger, which counts delivered results, never double counts.
+  ``max_calls_in_flight`` calls outstanding from this pool;
+* **faults**: when a replica dies (``RayActorError``, which covers ``ActorDiedError``; or
+  ``ActorUnavailableError`` while it restarts) or does not answer within
+  ``request_timeout_s`` (then it is killed so Ray restarts it), the call's requests are
+  re-issued to another replica. Each request's result is delivered exactly once, so the
+  ledger, which counts delivered results, never double counts. A replica that lost
+  ``gone_after`` calls in a row without answering one is taken as gone; when every replica
+  is gone, requests fail with :class:`treesearch.protocol.BackendUnavailable` (the job
+  stops); a request that fails ``max_retries`` re-issues fails with :class:`DispatchError`
+  (its problem fails).
+
+Results are delivered per call as they come (:meth:`ReplicaPool.dispatch`): a straggling
+replica holds only the requests it serves.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
+import zlib
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
+
+from treesearch.batcher import Reply, replies
+from treesearch.protocol import BackendUnavailable
 
 Req = TypeVar("Req")
 Res = TypeVar("Res")
@@ -38,14 +60,21 @@ class DispatchError(RuntimeError):
 
 @dataclass
 class PoolStats:
-    """Counters of a pool. ``routed[r]``: requests sent to replica r (retries included)."""
+    """Counters of a pool. ``routed[r]``: requests sent to replica r (re-issues included)."""
 
     routed: list[int]
     calls: int = 0
     reissued: int = 0
+    timeouts: int = 0
     affinity_hits: int = 0
     affinity_moves: int = 0
     busy_seconds: list[float] = field(default_factory=list)
+
+
+def rendezvous_order(key: str, replicas: int) -> list[int]:
+    """Replicas ranked for ``key`` by highest random weight (the same in every process)."""
+    prefix = key.encode() + b"\x00"
+    return sorted(range(replicas), key=lambda r: -zlib.crc32(prefix + r.to_bytes(4, "little")))
 
 
 class ReplicaPool(Generic[Req, Res]):
@@ -53,26 +82,38 @@ class ReplicaPool(Generic[Req, Res]):
 
     Args:
       handles: the replicas (Ray actor handles, created with restarts allowed).
-      invoke: ``invoke(handle, batch) -> awaitable list of results`` (e.g. an ObjectRef).
+      invoke: ``invoke(handle, batch) -> awaitable (results, queue depth)``.
       key: affinity key of a request.
       affinity_bound: how many more requests in flight than the least-loaded replica a
         key's home replica may have and still receive the key's requests.
       max_batch: requests per call at most.
       max_calls_in_flight: outstanding calls per replica at most.
-      max_retries: re-issues of one chunk after replica loss before giving up.
+      max_retries: re-issues of one call after replica loss before its requests fail.
       retry_delay_s: first back-off after a loss (doubles each retry, at most 5 s).
+      request_timeout_s: a call not answered by then is re-issued and its replica restarted
+        (None: no deadline).
+      gone_after: consecutive lost calls after which a replica is taken as gone.
+      balance: active keys a replica may be home to, as a multiple of the mean.
+      idle_s: a key without requests for this long is no longer active.
+      restart: ``restart(handle)`` for a replica that did not answer in time (default: kill
+        it, and Ray restarts it).
     """
 
     def __init__(
         self,
         handles: Sequence[Any],
-        invoke: Callable[[Any, list[Req]], Awaitable[list[Res]]],
+        invoke: Callable[[Any, list[Req]], Awaitable[tuple[list[Res], int]]],
         key: Callable[[Req], str],
         affinity_bound: int = 16,
         max_batch: int = 256,
         max_calls_in_flight: int = 4,
         max_retries: int = 8,
         retry_delay_s: float = 0.2,
+        request_timeout_s: float | None = None,
+        gone_after: int = 8,
+        balance: float = 1.1,
+        idle_s: float = 30.0,
+        restart: Callable[[Any], None] | None = None,
     ):
         if not handles:
             raise ValueError("a pool needs at least one replica")
@@ -80,68 +121,196 @@ class ReplicaPool(Generic[Req, Res]):
         self.invoke, self.key = invoke, key
         self.affinity_bound, self.max_batch = affinity_bound, max_batch
         self.max_retries, self.retry_delay_s = max_retries, retry_delay_s
-        self.load = [0] * len(self.handles)  # requests in flight per replica
-        self.home: dict[str, int] = {}
-        self.stats = PoolStats(routed=[0] * len(self.handles), busy_seconds=[0.0] * len(self.handles))
+        self.request_timeout_s, self.gone_after = request_timeout_s, gone_after
+        n = len(self.handles)
+        self.load = [0] * n  # this pool's requests in flight per replica
+        self.others = [0] * n  # other callers' requests at each replica, as of its last answer
+        self.lost = [0] * n  # consecutive lost calls
+        self.gone = [False] * n
+        self.stats = PoolStats(routed=[0] * n, busy_seconds=[0.0] * n)
         self.max_calls_in_flight = max_calls_in_flight
+        self.balance, self.idle_s = balance, idle_s
+        self.restart = restart or (lambda handle: ray.kill(handle, no_restart=False))
+        self.home: OrderedDict[str, tuple[int, float]] = OrderedDict()  # key -> (home, last use)
+        self.keys_on = [0] * n  # active keys homed on each replica
+        self._order: dict[str, list[int]] = {}
         self._slots: list[asyncio.Semaphore] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task] = set()
 
-    def route(self, key: str) -> int:
-        """The replica for one request with affinity key ``key`` (updates the key's home)."""
-        least = min(range(len(self.load)), key=self.load.__getitem__)
-        home = self.home.get(key)
-        if home is not None and self.load[home] <= self.load[least] + self.affinity_bound:
-            self.stats.affinity_hits += 1
-            return home
-        if home is not None:
-            self.stats.affinity_moves += 1
-        self.home[key] = least
-        return least
+    # ------------------------------------------------------------------ routing
+    def estimate(self, r: int) -> int:
+        return self.load[r] + self.others[r]
 
-    async def submit(self, requests: Sequence[Req]) -> list[Res]:
-        """Results for ``requests``, in order."""
+    def order(self, key: str) -> list[int]:
+        order = self._order.get(key)
+        if order is None:
+            order = self._order[key] = rendezvous_order(key, len(self.handles))
+        return order
+
+    def _assign(self, key: str) -> int:
+        """A home for a new key: the first in its ranking under the bounded share of keys."""
+        live = sum(not g for g in self.gone)
+        if not live:
+            raise BackendUnavailable(f"all {len(self.handles)} replicas of the pool are gone")
+        cap = math.ceil(self.balance * (len(self.home) + 1) / live)
+        for r in self.order(key):
+            if not self.gone[r] and self.keys_on[r] < cap:
+                return r
+        return min((r for r in range(len(self.handles)) if not self.gone[r]), key=self.keys_on.__getitem__)
+
+    def _release_idle(self, now: float) -> None:
+        while self.home:
+            key, (r, used) = next(iter(self.home.items()))
+            if now - used < self.idle_s:
+                return
+            del self.home[key]
+            self.keys_on[r] -= 1
+            self._order.pop(key, None)
+
+    def home_of(self, key: str, now: float) -> int:
+        """The key's home replica, assigned on its first request (bounded share of keys)."""
+        entry = self.home.get(key)
+        if entry is None or self.gone[entry[0]]:
+            if entry is not None:
+                self.keys_on[entry[0]] -= 1
+            self._release_idle(now)
+            home = self._assign(key)
+            self.keys_on[home] += 1
+        else:
+            home = entry[0]
+            self.home.move_to_end(key)
+        self.home[key] = (home, now)
+        return home
+
+    def route(self, keys: Sequence[str]) -> list[int]:
+        """The replica of each request of a batch with these affinity keys: its key's home
+        unless that would put the home more than ``affinity_bound`` requests above the least
+        loaded live replica once the batch is out; then (the batch's last such requests first)
+        the next replica of the key's ranking within the bound."""
+        now = time.monotonic()
+        out = [self.home_of(k, now) for k in keys]
+        final = [self.estimate(r) for r in range(len(self.handles))]
+        for r in out:
+            final[r] += 1
+        live = [r for r in range(len(self.handles)) if not self.gone[r]]
+        least = min(live, key=final.__getitem__)
+        for i in range(len(out) - 1, -1, -1):
+            h = out[i]
+            if final[h] <= final[least] + self.affinity_bound:
+                continue
+            target = next(
+                (
+                    r
+                    for r in self.order(keys[i])
+                    if not self.gone[r] and final[r] + 1 <= final[least] + self.affinity_bound
+                ),
+                least,
+            )
+            out[i] = target
+            final[h] -= 1
+            final[target] += 1
+            if target == least:
+                least = min(live, key=final.__getitem__)
+        moved = sum(r != self.home[k][0] for r, k in zip(out, keys, strict=True))
+        self.stats.affinity_moves += moved
+        self.stats.affinity_hits += len(keys) - moved
+        return out
+
+    def _reroute(self, lost: int) -> int:
+        """Another live replica for a lost call (the least loaded), or ``lost`` itself when
+        it is the only one left."""
+        live = [r for r in range(len(self.handles)) if not self.gone[r] and r != lost]
+        if not live:
+            if self.gone[lost]:
+                raise BackendUnavailable(f"all {len(self.handles)} replicas of the pool are gone")
+            return lost
+        return min(live, key=self.estimate)
+
+    # ------------------------------------------------------------------ sending
+    def _ensure_loop(self) -> None:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # a pool outlives a job's event loop (compare runs many jobs)
             self._loop = loop
             self._slots = [asyncio.Semaphore(self.max_calls_in_flight) for _ in self.handles]
+
+    def dispatch(self, requests: list[Req], answers: list[Reply]) -> None:
+        """Sends ``requests``; each reply gets its request's result when its call returns."""
+        self._ensure_loop()
         groups: dict[int, list[int]] = {}
-        for i, req in enumerate(requests):
-            r = self.route(self.key(req))
+        try:
+            routes = self.route([self.key(req) for req in requests])
+        except BackendUnavailable as e:
+            for a in answers:
+                a.fail(e)
+            return
+        for i, r in enumerate(routes):
             groups.setdefault(r, []).append(i)
             self.load[r] += 1
-        results: list[Any] = [None] * len(requests)
-        chunks = [
-            (r, idx[s : s + self.max_batch])
-            for r, idx in groups.items()
-            for s in range(0, len(idx), self.max_batch)
-        ]
-        await asyncio.gather(*(self._serve(r, idx, requests, results) for r, idx in chunks))
-        return results
+        for r, idx in groups.items():
+            for s in range(0, len(idx), self.max_batch):
+                part = idx[s : s + self.max_batch]
+                task = asyncio.ensure_future(
+                    self._serve(r, [requests[i] for i in part], [answers[i] for i in part])
+                )
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
-    async def _serve(self, r: int, idx: list[int], requests: Sequence[Req], results: list[Any]) -> None:
-        batch = [requests[i] for i in idx]
+    async def submit(self, requests: Sequence[Req]) -> list[Res]:
+        """Results for ``requests``, in order."""
+        answers, future = replies(len(requests))
+        self.dispatch(list(requests), answers)
+        return list(await future)
+
+    async def _call(self, r: int, batch: list[Req]) -> list[Res]:
+        async with self._slots[r]:
+            started = time.perf_counter()
+            self.stats.calls += 1
+            self.stats.routed[r] += len(batch)
+            try:
+                call = self.invoke(self.handles[r], batch)
+                out, depth = await (
+                    asyncio.wait_for(call, self.request_timeout_s) if self.request_timeout_s else call
+                )
+            finally:
+                self.stats.busy_seconds[r] += time.perf_counter() - started
+        # the replica's depth once this batch was out, less what this pool still has there
+        self.others[r] = max(0, depth - (self.load[r] - len(batch)))
+        return out
+
+    async def _serve(self, r: int, batch: list[Req], answers: list[Reply]) -> None:
+        n = len(batch)
         try:
             for attempt in range(self.max_retries + 1):
-                async with self._slots[r]:
-                    started = time.perf_counter()
-                    self.stats.calls += 1
-                    self.stats.routed[r] += len(batch)
-                    try:
-                        out = await self.invoke(self.handles[r], batch)
-                        break
-                    except REPLICA_LOST as e:
-                        if attempt == self.max_retries:
-                            raise DispatchError(
-                                f"replica {r} lost {self.max_retries + 1} times; last error: {e}"
-                            ) from e
-                        self.stats.reissued += len(batch)
-                    finally:
-                        self.stats.busy_seconds[r] += time.perf_counter() - started
+                try:
+                    out = await self._call(r, batch)
+                    self.lost[r] = 0
+                    break
+                except (TimeoutError, *REPLICA_LOST) as e:
+                    if isinstance(e, asyncio.TimeoutError):
+                        self.stats.timeouts += 1
+                        self.restart(self.handles[r])  # a hung replica: Ray restarts it
+                    self.lost[r] += 1
+                    if self.lost[r] >= self.gone_after:
+                        self.gone[r] = True
+                    if attempt == self.max_retries:
+                        raise DispatchError(
+                            f"request lost {self.max_retries + 1} times; "
+                            f"last: replica {r}: {type(e).__name__}"
+                        ) from e
+                    self.stats.reissued += n
+                    new = self._reroute(r)
+                    self.load[r] -= n
+                    self.load[new] += n
+                    r = new
                 await asyncio.sleep(min(5.0, self.retry_delay_s * 2**attempt))
-            if len(out) != len(batch):
-                raise DispatchError(f"replica {r} returned {len(out)} results for {len(batch)} requests")
-            for i, res in zip(idx, out, strict=True):
-                results[i] = res
+            if len(out) != n:
+                raise DispatchError(f"replica {r} returned {len(out)} results for {n} requests")
+        except Exception as e:  # this call's requests fail; other calls go on
+            for a in answers:
+                a.fail(e)
+            return
         finally:
-            self.load[r] -= len(batch)
+            self.load[r] -= n
+        for a, res in zip(answers, out, strict=True):
+            a.set(res)

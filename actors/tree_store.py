@@ -1,79 +1,58 @@
-"""Shared tree store: one Ray actor holding the trees of many problems of a job.
+"""The shared tree store as a Ray actor: the trees several search workers search at once.
 
-Several search workers may run MCTS simulations on the same tree at once (tree-parallel MCTS,
-Chaslot et al., 2008): each ``select`` adds virtual loss along the chosen path so concurrent
-workers spread over branches, and ``backup`` removes it. The actor executes one method at a
-time (a plain, non-async Ray actor), so every operation is atomic and a tree can never be
-seen half-updated; selection policies are pure functions shipped with the call.
+A plain (non-async) actor: Ray runs one method at a time, so every ``select`` and ``commit``
+is atomic and no worker ever sees a tree half-updated. The logic is
+:class:`treesearch.shared_tree.SharedTree`; this is its transport. :class:`StoreClient` is a
+worker's handle on one tree (:class:`treesearch.algorithms.mcts.SharedStore`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
+from typing import Any
 
 import ray
 
-from treesearch.policies import SelectionPolicy, WideningRule, select_leaf
-from treesearch.tree import Step, Tree
+from treesearch.shared_tree import Leaf, SharedTree
 
 
-@ray.remote
+@ray.remote(num_cpus=0)
 class TreeStoreActor:
     def __init__(self) -> None:
-        self.trees: dict[str, Tree] = {}
+        self.store = SharedTree()
 
-    def create(self, problem_id: str, prompt: str, prompt_token_ids: Sequence[int] = ()) -> None:
-        if problem_id in self.trees:
-            raise KeyError(f"tree {problem_id!r} exists already")
-        self.trees[problem_id] = Tree(prompt, prompt_token_ids, problem_id)
+    def open(self, problem_id: str, prompt: str, prompt_ids: list[int], max_depth: int, cfg: Any) -> None:
+        self.store.open(problem_id, prompt, prompt_ids, max_depth, cfg)
 
-    def put(self, tree_bytes: bytes) -> str:
-        tree = Tree.from_msgpack(tree_bytes)
-        self.trees[tree.problem_id] = tree
-        return tree.problem_id
+    def select(self, problem_id: str, worker: str, n: int) -> list[Leaf] | None:
+        return self.store.select(problem_id, worker, n)
 
-    def select(
-        self,
-        problem_id: str,
-        policy: SelectionPolicy,
-        virtual_loss: int = 1,
-        widen: WideningRule | None = None,
-    ) -> list[int]:
-        """Path root..leaf chosen by ``policy``; virtual loss applied along it."""
-        return select_leaf(self.trees[problem_id], policy, virtual_loss, widen)
+    def commit(self, problem_id: str, expansions: list) -> None:
+        self.store.commit(problem_id, expansions)
 
-    def add_children(
-        self, problem_id: str, parent: int, steps: Sequence[Step], replica: int = -1
-    ) -> list[int]:
-        return self.trees[problem_id].add_children(parent, steps, replica)
+    def abandon(self, problem_id: str, worker: str) -> int:
+        return self.store.abandon(problem_id, worker=worker)
 
-    def set_scores(self, problem_id: str, nodes: Sequence[int], scores: Sequence[float]) -> None:
-        tree = self.trees[problem_id]
-        for n, s in zip(nodes, scores, strict=True):
-            tree.prm_score[n] = s
+    def in_flight(self, problem_id: str) -> int:
+        return self.store.in_flight(problem_id)
 
-    def backup(self, problem_id: str, node: int, value: float, virtual_loss: int = 0) -> None:
-        self.trees[problem_id].backup(node, value, virtual_loss)
+    def finish(self, problem_id: str) -> tuple[bytes, int | None, dict[str, Any]]:
+        return self.store.finish(problem_id)
 
-    def undo_virtual_loss(self, problem_id: str, path: Sequence[int], amount: int = 1) -> None:
-        self.trees[problem_id].apply_virtual_loss(path, -amount)
-
-    def steps(self, problem_id: str, node: int) -> list[str]:
-        return self.trees[problem_id].steps(node)
-
-    def get(self, problem_id: str) -> bytes:
-        return self.trees[problem_id].to_msgpack()
+    def tree(self, problem_id: str) -> bytes:
+        return self.store.tree(problem_id)
 
     def problem_ids(self) -> list[str]:
-        return list(self.trees)
+        return self.store.problem_ids()
 
-    def snapshot(self, directory: str) -> int:
-        """Writes every tree to ``directory/<id>.msgpack`` (atomically per file); returns the count."""
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        for pid, tree in self.trees.items():
-            tmp = d / f".{pid}.msgpack.tmp"
-            tmp.write_bytes(tree.to_msgpack())
-            tmp.replace(d / f"{pid}.msgpack")
-        return len(self.trees)
+
+class StoreClient:
+    """One worker's handle on one shared tree in a :class:`TreeStoreActor`."""
+
+    def __init__(self, actor: Any, problem_id: str, worker: str):
+        self.actor, self.problem_id, self.worker = actor, problem_id, worker
+
+    async def select(self, n: int) -> list[Leaf] | None:
+        return await self.actor.select.remote(self.problem_id, self.worker, n)
+
+    async def commit(self, expansions: list) -> None:
+        await self.actor.commit.remote(self.problem_id, expansions)

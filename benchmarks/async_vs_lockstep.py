@@ -1,10 +1,11 @@
-"""Async engine vs a lockstep engine on the same simulated cluster.
+"""Async engine vs a lockstep engine on the same simulated replicas.
 
-Generator replicas sleep ``a + b * tokens`` per batch, scaled by a per-replica speed drawn
-from [0.6, 1.4] (a heterogeneous cluster). The lockstep baseline advances every problem one
-request at a time and waits for the whole batch (the search-and-learn / OpenR pattern); the
-async engine lets each problem continue as soon as its own results arrive. Same problems,
-same searches (the trees are identical; only the timing differs). Target: async >= 1.3x.
+Four generator replicas (:class:`benchmarks.harness.SimCluster`: one call at a time, a
+GPU-like service time, speeds drawn from [0.6, 1.4]: a heterogeneous cluster) and one PRM
+replica. The lockstep baseline advances every problem one request at a time and waits for
+the whole batch (the search-and-learn / OpenR pattern); the async engine lets each problem
+continue as soon as its own answers are in. Same problems, same searches (identical trees;
+only the timing differs). Target: async >= 1.3x.
 
     .venv/bin/python -m benchmarks.async_vs_lockstep [--replicas 4] [--problems 128] [--smoke]
 """
@@ -12,49 +13,88 @@ same searches (the trees are identical; only the timing differs). Target: async 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import random
+import time
 
 import ray
 
-from benchmarks.harness import PoolGenerator, PoolScorer, SimGenerator, prm_replicas, timed_run
+from actors.driver import Replicas, transports
+from benchmarks.harness import SimReplica, sim_cluster_actor, table, zero_cost_job
+from treesearch.engine import run_problems
+from treesearch.job import engine_scorer
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--replicas", type=int, default=4)
     ap.add_argument("--problems", type=int, default=128)
-    ap.add_argument("--a-ms", type=float, default=20.0, help="fixed latency per batch call")
-    ap.add_argument("--b-us", type=float, default=20.0, help="latency per generated token")
+    ap.add_argument("--latency-ms", type=float, default=20.0, help="one call's latency at small batches")
+    ap.add_argument("--rate", type=float, default=2000.0, help="samples per second of a saturated replica")
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args()
     n = 16 if args.smoke else args.problems
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     rng = random.Random(0)
     speeds = [rng.uniform(0.6, 1.4) for _ in range(args.replicas)]
-    gens = [SimGenerator.remote(args.a_ms / 1e3, args.b_us / 1e6, s, i) for i, s in enumerate(speeds)]
-    prm = prm_replicas(1)
-    ray.get([h.info.remote() for h in gens + prm])
-    print(
-        f"replicas {args.replicas}, speeds {[round(s, 2) for s in speeds]}, "
-        f"a {args.a_ms} ms, b {args.b_us} us/token"
+    lat = args.latency_ms / 1e3
+    cluster = sim_cluster_actor().remote(
+        {"generator": (args.replicas, lat, args.rate, speeds), "prm": (1, lat / 4, 8 * args.rate, [1.0])}
     )
-    print(f"{'algorithm':>9} {'engine':>9} {'expansions':>11} {'wall s':>8} {'expansions/s':>13}")
-    ratios = []
+    ray.get(cluster.ready.remote())
+    replicas = Replicas(
+        [SimReplica(cluster, "generator", i) for i in range(args.replicas)],
+        [SimReplica(cluster, "prm", 0)],
+        1.28e6,
+        0.0,
+    )
+    rows, ratios = [], []
     for algo in ("beam", "mcts"):
+        # small calls so a depth spreads over the replicas, as a real batch would
+        job = zero_cost_job(algo, n, "generator.resources.max_batch=8")
         runs = {}
         for mode in ("lockstep", "async"):
-            # small calls so a step spreads over the replicas, as a real batch would
-            st = timed_run(
-                algo, n, PoolGenerator(gens, max_batch=8), PoolScorer(prm), n, lockstep=mode == "lockstep"
+            gen, scorer = transports(job, replicas)
+            scorer = engine_scorer(job, gen, scorer)
+            t0 = time.perf_counter()
+            _, ledger, _ = asyncio.run(
+                run_problems(
+                    job.problems,
+                    job.task,
+                    job.search(),
+                    gen,
+                    scorer,
+                    job.cfg.budget,
+                    40,
+                    n,
+                    lockstep=mode == "lockstep",
+                )
             )
-            runs[mode] = st
-            print(f"{algo:>9} {mode:>9} {st.expansions:>11} {st.wall_s:>8.2f} {st.expansions_per_s:>13,.0f}")
-        assert runs["async"].expansions == runs["lockstep"].expansions
-        ratios.append(runs["async"].expansions_per_s / runs["lockstep"].expansions_per_s)
-    print(
-        f"ratio: async / lockstep throughput: beam {ratios[0]:.2f}x, mcts {ratios[1]:.2f}x (target >= 1.3x)"
-    )
+            wall = time.perf_counter() - t0
+            runs[mode] = {"algorithm": algo, "engine": mode, "nodes": ledger.nodes, "wall": wall,
+                          "nodes_per_s": ledger.nodes / wall}  # fmt: skip
+            rows.append(runs[mode])
+        assert runs["async"]["nodes"] == runs["lockstep"]["nodes"]
+        ratios.append(runs["async"]["nodes_per_s"] / runs["lockstep"]["nodes_per_s"])
     ray.shutdown()
+    print(f"replicas {args.replicas}, speeds {[round(s, 2) for s in speeds]}, latency {args.latency_ms} ms, "
+          f"{args.rate:g} samples/s saturated")  # fmt: skip
+    print(
+        table(
+            rows,
+            [
+                ("algorithm", "algorithm", ""),
+                ("engine", "engine", ""),
+                ("nodes", "nodes", ",.0f"),
+                ("wall", "wall s", ".2f"),
+                ("nodes_per_s", "nodes/s", ",.0f"),
+            ],
+        )
+    )
+    print(
+        f"ratio: async / lockstep nodes per second: beam {ratios[0]:.2f}x, mcts {ratios[1]:.2f}x "
+        "(target >= 1.3x)"
+    )
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
-"""Dispatch overhead: node expansions per second of the batched engine vs a naive engine that
-sends one actor call per node expansion (and per PRM score), same Ray, same run.
+"""Dispatch overhead: tree nodes per second of the batched engine vs a naive engine that sends
+one actor call per request (generation or scoring), awaited one after another; same Ray, same
+run, same searches.
 
-Zero-latency deterministic backends (noisy-oracle generator actor, rule PRM actor), so what is
-measured is orchestration: Ray calls, serialisation, the engine. Beam search and MCTS over
->= 500 Game-of-24 problems. Target: batched >= 10x naive.
+Zero-cost replicas (:mod:`benchmarks.harness`: memoised answers), so what is measured is
+orchestration: Ray calls, serialisation, the engine. Beam search and MCTS over 500 Game-of-24
+problems. Target: batched >= 10x naive.
 
     .venv/bin/python -m benchmarks.dispatch_overhead [--problems 500] [--smoke]
 """
@@ -11,24 +12,68 @@ measured is orchestration: Ray calls, serialisation, the engine. Beam search and
 from __future__ import annotations
 
 import argparse
+import asyncio
+import pickle
+import time
 
 import ray
 
-from benchmarks.harness import PoolGenerator, PoolScorer, SimGenerator, prm_replicas, timed_run
+from actors.driver import start_backends, transports
+from actors.pools import GeneratorPool, ScorerPool
+from actors.replica import encode_batch
+from benchmarks.harness import table, zero_cost_job
+from treesearch.engine import run_problems
+from treesearch.job import engine_scorer
 
 
-class NaiveGenerator(PoolGenerator):
-    """One actor call per expansion request, awaited one after another."""
+async def one_by_one(method, requests: list) -> list:
+    """One actor call per request, each awaited before the next (no batching)."""
+    out = []
+    for r in requests:
+        results, _ = pickle.loads(await method.remote(encode_batch([r])))
+        out.append(results[0])
+    return out
+
+
+class NaiveGenerator:
+    def __init__(self, pool: GeneratorPool):
+        self.handle, self.num_parameters, self.tokenize = (
+            pool.pool.handles[0],
+            pool.num_parameters,
+            pool.tokenize,
+        )
 
     async def generate(self, requests):
-        h = self.pool.handles[0]
-        return [(await h.generate.remote([r]))[0] for r in requests]
+        return await one_by_one(self.handle.generate, requests)
 
 
-class NaiveScorer(PoolScorer):
+class NaiveScorer:
+    def __init__(self, pool: ScorerPool):
+        self.handle, self.num_parameters, self.counter = (
+            pool.pool.handles[0],
+            pool.num_parameters,
+            pool.counter,
+        )
+
     async def score(self, requests):
-        h = self.pool.handles[0]
-        return [(await h.score.remote([r]))[0] for r in requests]
+        return await one_by_one(self.handle.score, requests)
+
+
+def run(job, generator, scorer) -> dict[str, float]:
+    scorer = engine_scorer(job, generator, scorer)
+    t0 = time.perf_counter()
+    _, ledger, _ = asyncio.run(
+        run_problems(
+            job.problems, job.task, job.search(), generator, scorer, job.cfg.budget, 40, len(job.problems)
+        )
+    )
+    wall = time.perf_counter() - t0
+    return {
+        "nodes": ledger.nodes,
+        "wall": wall,
+        "nodes_per_s": ledger.nodes / wall,
+        "calls": ledger.generator_calls,
+    }
 
 
 def main() -> None:
@@ -38,28 +83,38 @@ def main() -> None:
     args = ap.parse_args()
     n = 20 if args.smoke else args.problems
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    gen, prm = [SimGenerator.remote(0.0, 0.0, 1.0, 0)], prm_replicas(1)
-    ray.get([h.info.remote() for h in gen + prm])
-    print(f"{'algorithm':>9} {'engine':>8} {'expansions':>11} {'wall s':>8} {'expansions/s':>13}")
-    ratios = []
-    for algo in ("beam", "mcts"):  # warm-up: the backends' memoised move tables, Ray workers
-        timed_run(algo, n, PoolGenerator(gen), PoolScorer(prm), concurrency=n)
+    backends = start_backends(zero_cost_job("beam", n))
+    rows, ratios = [], []
     for algo in ("beam", "mcts"):
-        stats = {}
-        for name, g, s in (
-            ("batched", PoolGenerator(gen), PoolScorer(prm)),
-            ("naive", NaiveGenerator(gen), NaiveScorer(prm)),
-        ):
-            st = timed_run(algo, n, g, s, concurrency=n)
-            stats[name] = st
-            print(f"{algo:>9} {name:>8} {st.expansions:>11} {st.wall_s:>8.2f} {st.expansions_per_s:>13,.0f}")
-        assert stats["batched"].expansions == stats["naive"].expansions  # same searches
-        ratios.append(stats["batched"].expansions_per_s / stats["naive"].expansions_per_s)
-    print(
-        f"ratio: batched / naive expansions per second: beam {ratios[0]:.1f}x, "
-        f"mcts {ratios[1]:.1f}x (target >= 10x)"
-    )
+        job = zero_cost_job(algo, n)
+        run(job, *transports(job, backends.replicas))  # warm-up: the replicas' memos
+        batched = run(job, *transports(job, backends.replicas))
+        gen, scorer = transports(job, backends.replicas)
+        naive = run(job, NaiveGenerator(gen), NaiveScorer(scorer))
+        assert batched["nodes"] == naive["nodes"]  # the same searches
+        rows += [
+            {"algorithm": algo, "engine": "batched", **batched},
+            {"algorithm": algo, "engine": "naive", **naive},
+        ]
+        ratios.append(batched["nodes_per_s"] / naive["nodes_per_s"])
+    backends.shutdown()
     ray.shutdown()
+    print(
+        table(
+            rows,
+            [
+                ("algorithm", "algorithm", ""),
+                ("engine", "engine", ""),
+                ("nodes", "nodes", ",.0f"),
+                ("wall", "wall s", ".2f"),
+                ("nodes_per_s", "nodes/s", ",.0f"),
+            ],
+        )
+    )
+    print(
+        f"ratio: batched / naive nodes per second: beam {ratios[0]:.1f}x, mcts {ratios[1]:.1f}x "
+        "(target >= 10x)"
+    )
 
 
 if __name__ == "__main__":

@@ -1,118 +1,228 @@
-"""Shared pieces of the orchestration benchmarks: simulated replicas and one timed search run.
+"""Shared pieces of the orchestration benchmarks: zero-cost replicas and jobs built for them.
 
-``SimGenerator`` is a Ray actor that proposes Game-of-24 steps with the deterministic noisy
-oracle and *sleeps* a modelled time per batch, ``a + b * generated tokens`` scaled by the
-replica's ``speed`` (heterogeneous clusters), recording how long it was busy.
+What these benchmarks measure is the orchestration (engine, transports, Ray), so the
+replicas must cost next to nothing: ``memo_oracle`` and ``memo_rule`` are the deterministic
+Game-of-24 backends with a memo of their answers, so after one warm-up run a replica only
+looks its answers up. They are registered here, one file with its registrations as any
+backend is (``treesearch.backends.registry``); a replica process imports this module when
+it unpickles the config class.
 """
 
 from __future__ import annotations
 
 import asyncio
+import pickle
+import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-import ray
-
-from actors.dispatch import ReplicaPool
-from actors.prm import PRMActor, PRMSpec
-from treesearch.algorithms import ALGORITHMS
-from treesearch.backends.deterministic import ByteTokenizer, NoisyOracleGenerator, RulePRM
-from treesearch.budget import Budget
-from treesearch.config import build
-from treesearch.engine import run_problems
+from actors.replica import encode_batch
+from treesearch.backends.deterministic import (
+    ByteCounter,
+    ByteTokenizer,
+    NoisyOracleConfig,
+    NoisyOracleGenerator,
+    RuleConfig,
+    RulePRM,
+    game24_only,
+)
+from treesearch.backends.registry import GENERATORS, PRMS, Backend, WorkerEnv, register
+from treesearch.config import load_config
+from treesearch.job import Job, resolve
 from treesearch.protocol import ExpandRequest, ExpandResult, ScoreRequest, ScoreResult
 from treesearch.tasks.game24 import Game24
 
 ALGOS = {
-    "beam": {"width": 4, "expansions": 4},
-    "mcts": {"simulations": 16, "parallel": 4, "expansions": 4},
+    "beam": "{name: beam, width: 4, expansions: 4}",
+    "mcts": "{name: mcts, simulations: 16, parallel: 4, expansions: 4}",
 }
 
 
-@ray.remote(num_cpus=0)
-class SimGenerator:
-    def __init__(self, a_s: float, b_s: float, speed: float, replica: int, error_rate: float = 0.5):
-        self.impl = NoisyOracleGenerator(error_rate, 0, replica=replica)
-        self.a_s, self.b_s, self.speed = a_s, b_s, speed
-        self.busy = 0.0
+class MemoOracle(NoisyOracleGenerator):
+    """The noisy oracle, answering a request it has seen from its memo."""
 
-    async def info(self) -> dict:
-        return {"num_parameters": self.impl.num_parameters}
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.memo: dict[tuple, ExpandResult] = {}
 
-    async def generate(self, requests: list[ExpandRequest]) -> list[ExpandResult]:
-        t0 = time.perf_counter()
-        results = [self.impl.expand(r) for r in requests]
-        tokens = sum(r.generated_tokens for r in results)
-        if self.a_s or self.b_s:
-            await asyncio.sleep((self.a_s + self.b_s * tokens) * self.speed)
-        self.busy += time.perf_counter() - t0
-        return results
-
-    async def busy_seconds(self) -> float:
-        return self.busy
+    def expand(self, req: ExpandRequest) -> ExpandResult:
+        key = (req.prompt_ids, req.node, req.k, req.nonce)
+        out = self.memo.get(key)
+        if out is None:
+            out = self.memo[key] = super().expand(req)
+        return out
 
 
-class PoolGenerator:
-    """Batched transport: the production ``ReplicaPool`` (affinity, caps) over the replicas."""
+class MemoRule(RulePRM):
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.memo: dict[tuple, ScoreResult] = {}
 
-    def __init__(self, handles, max_batch: int = 256, max_calls_in_flight: int = 4):
-        self.pool = ReplicaPool(handles, lambda h, b: h.generate.remote(b), key=lambda r: r.problem_id,
-                                max_batch=max_batch, max_calls_in_flight=max_calls_in_flight)  # fmt: skip
-        self.num_parameters = 1.28e6
-        self._tok = ByteTokenizer()
-
-    def tokenize(self, text: str) -> list[int]:
-        return self._tok.encode(text)
-
-    async def generate(self, requests):
-        return await self.pool.submit(requests)
-
-
-class PoolScorer:
-    def __init__(self, handles):
-        self.pool = ReplicaPool(handles, lambda h, b: h.score.remote(b), key=lambda r: r.problem_id)
-        self.num_parameters = 0.0
-        self._rule = RulePRM(Game24())
-
-    def count_tokens(self, request: ScoreRequest) -> int:
-        return self._rule.count_tokens(request)
-
-    async def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
-        return await self.pool.submit(requests)
-
-
-def prm_replicas(n: int) -> list:
-    return [PRMActor.options(num_cpus=0).remote(PRMSpec("rule"), i) for i in range(n)]
+    def score_one(self, req: ScoreRequest) -> ScoreResult:
+        key = (req.question, req.chains, req.max_tokens)
+        out = self.memo.get(key)
+        if out is None:
+            out = self.memo[key] = super().score_one(req)
+        return out
 
 
 @dataclass
-class RunStats:
-    expansions: int
-    generated_tokens: int
-    wall_s: float
-    accuracy: float
-
-    @property
-    def expansions_per_s(self) -> float:
-        return self.expansions / self.wall_s
+class MemoOracleConfig(NoisyOracleConfig):
+    """``generator: {backend: memo_oracle}``: the noisy oracle with a memo (benchmarks)."""
 
 
-def timed_run(
-    algo: str, n_problems: int, generator, scorer, concurrency: int, lockstep: bool = False
-) -> RunStats:
-    task = Game24("all")
-    problems = task.problems()[:n_problems]
-    algorithm = ALGORITHMS[algo]
-    cfg = build(algorithm.config, ALGOS[algo], "algorithm")
+@dataclass
+class MemoRuleConfig(RuleConfig):
+    """``prm: {backend: memo_rule}``: the rule PRM with a memo (benchmarks)."""
 
-    async def search(ctx):
-        return await algorithm.run(ctx, cfg)
 
-    t0 = time.perf_counter()
-    results, job, _ = asyncio.run(
-        run_problems(problems, task, search, generator, scorer, Budget(), 40, concurrency, lockstep=lockstep)
+if "memo_oracle" not in GENERATORS:  # a module imported twice under two names registers once
+    register(
+        Backend(
+            "memo_oracle",
+            MemoOracleConfig,
+            worker=lambda cfg, env: MemoOracle(
+                cfg.error_rate, env.seed, cfg.num_parameters, cfg.latency_s, env.replica
+            ),
+            check=game24_only,
+            tokenizer=lambda cfg: ByteTokenizer(),
+            in_process=True,
+        )
     )
-    wall = time.perf_counter() - t0
-    return RunStats(
-        job.generator_calls, job.policy_generated_tokens, wall, sum(r.correct for r in results) / len(results)
+if "memo_rule" not in PRMS:
+    register(
+        Backend(
+            "memo_rule",
+            MemoRuleConfig,
+            worker=lambda cfg, env: MemoRule(Game24(), cfg.reachability, cfg.num_parameters, cfg.latency_s),
+            check=game24_only,
+            counter=lambda cfg, task, loaded: ByteCounter(Game24.step_delimiter),
+            in_process=True,
+            oracle=lambda cfg: cfg.reachability,
+        )
     )
+
+
+def zero_cost_job(algo: str, problems: int, *overrides: str, replicas: int = 1) -> Job:
+    """A Game-of-24 job over the first ``problems`` solvable puzzles on zero-cost backends."""
+    return resolve(
+        load_config(
+            None,
+            [
+                f"algorithm={ALGOS[algo]}",
+                "task.split=all",
+                f"run.limit={problems}",
+                f"run.concurrency={problems}",
+                "generator={backend: memo_oracle, error_rate: 0.5, max_step_tokens: 40, "
+                f"resources: {{num_cpus: 0, replicas: {replicas}}}}}",
+                "prm={backend: memo_rule, resources: {num_cpus: 0}}",
+                *overrides,
+            ],
+        )
+    )
+
+
+def median_of(runs: int, measure: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """Medians over ``runs`` calls of ``measure`` (a dict of figures each)."""
+    samples = [measure() for _ in range(runs)]
+    return {k: statistics.median(s[k] for s in samples) for k in samples[0]}
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:
+    """A plain text table: ``columns`` are (key, header, format spec)."""
+    head = "  ".join(f"{h:>{max(len(h), 10)}}" for _, h, _ in columns)
+    lines = [head]
+    for r in rows:
+        lines.append("  ".join(f"{format(r[k], spec):>{max(len(h), 10)}}" for k, h, spec in columns))
+    return "\n".join(lines)
+
+
+__all__ = ["ALGOS", "WorkerEnv", "median_of", "table", "zero_cost_job"]
+
+
+# ----------------------------------------------------------------------------- simulated cluster
+class _Method:
+    """``handle.<method>.remote(payload)`` of one simulated replica."""
+
+    def __init__(self, cluster: Any, pool: str, index: int):
+        self.cluster, self.pool, self.index = cluster, pool, index
+
+    def remote(self, payload: bytes) -> Any:
+        return self.cluster.serve.remote(self.pool, self.index, payload)
+
+
+class SimReplica:
+    """A replica handle into a :class:`SimCluster`: the pools and workers use it as they use a
+    replica actor's handle (``generate`` / ``score``)."""
+
+    def __init__(self, cluster: Any, pool: str, index: int):
+        self.generate = self.score = _Method(cluster, pool, index)
+
+
+class SimCluster:
+    """Many simulated replicas in one process (asyncio servers), so 1 to 256 replicas run on
+    two cores. A replica serves one call at a time, in arrival order, for a GPU-like service
+    time: ``max(latency_s, units / rate) x speed`` (a batched engine: a call's latency is one
+    step's, until the batch is large enough to saturate it at ``rate`` units per second);
+    units are samples for a generator, chains for a PRM. The answers come from the memoised
+    zero-cost backends. Run it as a Ray actor: :func:`sim_cluster_actor`.
+
+    Args:
+      pools: ``{name: (replicas, latency_s, rate, speeds)}``; ``generator`` and ``prm``.
+    """
+
+    def __init__(self, pools: dict[str, tuple[int, float, float, list[float]]], error_rate: float = 0.5):
+        self.pools = pools
+        self.oracle = MemoOracle(error_rate, 0)
+        self.rule = MemoRule(Game24(), True)
+        self.busy = {p: [0.0] * n for p, (n, *_) in pools.items()}  # finished service seconds
+        self.since = {p: [0.0] * n for p, (n, *_) in pools.items()}  # start of the call in service
+        self.depth = {p: [0] * n for p, (n, *_) in pools.items()}
+        self.locks: dict[str, list[asyncio.Lock]] = {}
+        self.started = time.perf_counter()
+
+    async def serve(self, pool: str, index: int, payload: bytes) -> bytes:
+        if not self.locks:
+            self.locks = {p: [asyncio.Lock() for _ in range(n)] for p, (n, *_) in self.pools.items()}
+        requests = pickle.loads(payload)
+        depth = self.depth[pool]
+        depth[index] += len(requests)
+        _, latency_s, rate, speeds = self.pools[pool]
+        try:
+            async with self.locks[pool][index]:
+                t0 = self.since[pool][index] = time.perf_counter()
+                if pool == "generator":
+                    results: list = [self.oracle.expand(r) for r in requests]
+                    units = sum(r.k for r in requests)
+                else:
+                    results = [self.rule.score_one(r) for r in requests]
+                    units = sum(len(r.chains) for r in requests)
+                service = max(latency_s, units / rate) * speeds[index]
+                await asyncio.sleep(max(0.0, service - (time.perf_counter() - t0)))
+                self.busy[pool][index] += time.perf_counter() - t0
+                self.since[pool][index] = 0.0
+        finally:
+            depth[index] -= len(requests)
+        return encode_batch((results, depth[index]))
+
+    async def snapshot(self) -> tuple[float, dict[str, list[float]]]:
+        """(seconds since start, busy seconds per replica of each pool, the call in service
+        included up to now)."""
+        now = time.perf_counter()
+        busy = {
+            p: [b + (now - s if s else 0.0) for b, s in zip(bs, self.since[p], strict=True)]
+            for p, bs in self.busy.items()
+        }
+        return now - self.started, busy
+
+    async def ready(self) -> bool:
+        return True
+
+
+def sim_cluster_actor() -> Any:
+    """:class:`SimCluster` as a Ray actor class (made here: importing this module needs no Ray)."""
+    import ray
+
+    return ray.remote(num_cpus=0)(SimCluster)

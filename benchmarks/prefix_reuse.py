@@ -28,6 +28,8 @@ import ray
 from actors.dispatch import ReplicaPool
 from actors.driver import start_backends
 from treesearch.config import load_config
+from treesearch.job import resolve
+from treesearch.protocol import count_ids
 from treesearch.runner import run_job
 
 BLOCK = 32
@@ -49,14 +51,11 @@ def run(replicas: int, affinity: bool, problems: int, out: str) -> dict:
             f"generator.gpu_memory_utilization={0.2 if replicas == 1 else 0.12}",  # 4 engines in 24 GB
             "generator.resources.num_cpus=0",
             f"generator.block_size={BLOCK}",
-            "prm.backend=rule",
-            "prm.engine=transformers",
-            "prm.reachability=false",
-            "prm.checks=[]",
-            "prm.resources.num_cpus=0",
+            "prm={backend: rule, reachability: false, checks: [], resources: {num_cpus: 0}}",
         ],
     )
-    backends = start_backends(cfg)
+    job = resolve(cfg)
+    backends = start_backends(job)
     try:
         gen = backends.generator
         if not affinity:  # a key per request: every request goes to the least-loaded replica
@@ -64,21 +63,21 @@ def run(replicas: int, affinity: bool, problems: int, out: str) -> dict:
             gen.pool = ReplicaPool(
                 old.handles,
                 old.invoke,
-                key=lambda r: (r.problem_id, r.node, r.nonce),
+                key=lambda r: f"{r.problem_id}/{r.node}/{r.nonce}",
                 affinity_bound=0,
                 max_batch=old.max_batch,
                 max_calls_in_flight=old.max_calls_in_flight,
             )
         prompts: list[int] = []
-        inner = gen.generate
+        inner = gen.dispatch
 
-        async def recording(requests):  # the prompt lengths sent, for the block ceiling
-            prompts.extend(len(r.prompt_token_ids) for r in requests)
-            return await inner(requests)
+        def recording(requests, answers):  # the prompt lengths sent, for the block ceiling
+            prompts.extend(count_ids(r.prompt_ids) for r in requests)
+            inner(requests, answers)
 
-        gen.generate = recording  # type: ignore[method-assign]
+        gen.dispatch = recording  # type: ignore[method-assign]
         t0 = time.perf_counter()
-        summary = run_job(cfg, Path(out), gen, backends.scorer, progress=False)
+        summary = run_job(job, Path(out), gen, backends.scorer, progress=False)
         wall = time.perf_counter() - t0
     finally:
         backends.shutdown()

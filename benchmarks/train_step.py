@@ -16,9 +16,10 @@ import time
 
 import torch
 
-from treesearch.models import game24_data as data
-from treesearch.models.tiny import build_char_tokenizer
-from treesearch.models.train import (
+from treesearch.tasks import game24 as g24
+from treesearch.training import game24_data as data
+from treesearch.training.tiny import build_char_tokenizer
+from treesearch.training.train import (
     IGNORE,
     ModelShape,
     accumulate_gradients,
@@ -26,8 +27,7 @@ from treesearch.models.train import (
     make_llama,
     pad_batch,
 )
-from treesearch.models.train_prm import corrupt_chain, encode, valid_chain
-from treesearch.tasks import game24 as g24
+from treesearch.training.train_prm import corrupt_chain, encode, valid_chain
 
 
 def step_seconds(model, opt, micro, loss_fn) -> float:

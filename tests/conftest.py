@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from treesearch.models.tiny import build_char_tokenizer, build_tiny_llama
+from treesearch.training.tiny import build_char_tokenizer, build_tiny_llama
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 TOT_CSV = SHARED / "data" / "game24" / "24.csv"
@@ -61,17 +61,10 @@ def math_overrides(models, dataset, prm="qwen_prm"):
         f"task.path={dataset}",
         "task.fields={answer: solution, id: uid}",
         "task.max_steps=3",
-        "generator.backend=vllm",
-        f"generator.model={policy}",
-        "generator.dtype=float32",
-        "generator.gpu_memory_utilization=0.2",
-        "generator.enforce_eager=true",
-        "generator.max_model_len=512",
-        "generator.max_step_tokens=16",
-        "generator.add_special_tokens=false",
-        "generator.resources.num_cpus=0",
-        f"prm.backend={prm}",
-        f"prm.model={qwen if prm == 'qwen_prm' else shepherd}",
-        "prm.resources.num_cpus=0",
+        f"generator={{backend: vllm, model: {policy}, dtype: float32, gpu_memory_utilization: 0.2, "
+        "enforce_eager: true, max_model_len: 512, max_step_tokens: 16, add_special_tokens: false, "
+        "resources: {num_cpus: 0}}",
+        f"prm={{backend: {prm}, model: {qwen if prm == 'qwen_prm' else shepherd}, "
+        "resources: {num_cpus: 0}}",
         "budget.generated_tokens=300",
     ]

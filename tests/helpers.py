@@ -6,9 +6,10 @@ import asyncio
 from collections.abc import Sequence
 
 from treesearch.algorithms import ALGORITHMS
+from treesearch.backends import WorkerEnv, of
 from treesearch.backends.deterministic import NoisyOracleGenerator, RulePRM
 from treesearch.budget import Budget
-from treesearch.config import build
+from treesearch.config import JobConfig, build
 from treesearch.engine import run_problems
 from treesearch.tasks.game24 import Game24
 
@@ -33,8 +34,10 @@ def run_inprocess(
     generator=None,
     scorer=None,
     problems: Sequence | None = None,
+    task=None,
+    max_failures: int | None = None,
 ):
-    task = Game24("dev")
+    task = task or Game24("dev")
     algo = ALGORITHMS[algorithm]
     cfg = build(algo.config, params if params is not None else ALGO_PARAMS[algorithm], "algorithm")
     trees = {}
@@ -53,6 +56,14 @@ def run_inprocess(
             max_step_tokens=40,
             concurrency=concurrency,
             on_result=lambda r, t: trees.__setitem__(r.id, t),
+            max_failures=max_failures,
         )
     )
     return results, job, counters, trees
+
+
+def backend_worker(section: str, replica: int = -1, **fields):
+    """The worker a ``generator:`` / ``prm:`` section with ``fields`` selects, built here."""
+    cfg = build(JobConfig, {section: fields}, "")
+    part = cfg.generator if section == "generator" else cfg.prm
+    return of(part).worker(part, WorkerEnv(replica=replica))

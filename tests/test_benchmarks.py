@@ -14,9 +14,11 @@ ROOT = Path(__file__).resolve().parents[1]
     "name",
     [
         "tree_store",
+        "hot_path",
         "dispatch_overhead",
         "async_vs_lockstep",
-        "scaling",
+        "cluster_sim",
+        "workers",
         "viewer_render",
         "prefix_reuse",
         "train_step",

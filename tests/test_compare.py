@@ -134,7 +134,7 @@ def test_a_pool_serves_jobs_on_successive_event_loops():
 
     async def invoke(handle, batch):
         await asyncio.sleep(0.001)
-        return [(handle, x) for x in batch]
+        return [(handle, x) for x in batch], 0  # (results, queue depth)
 
     pool = ReplicaPool(["a", "b"], invoke, key=str, max_batch=1, max_calls_in_flight=1)
     for _ in range(3):  # contention on the per-replica slots binds them to the running loop

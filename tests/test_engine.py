@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from treesearch.backends.deterministic import NoisyOracleGenerator, RulePRM
 from treesearch.budget import BUDGET_UNITS, Budget, BudgetGuard, Ledger
+from treesearch.engine import JobFailed
 from treesearch.protocol import ScoreResult
 from treesearch.tasks.game24 import Game24
 
@@ -31,7 +32,7 @@ def test_requests_of_many_problems_share_backend_calls():
     _results, job, counters, _ = run_inprocess("beam", n_problems=20, generator=gen)
     n_requests = sum(len(b) for b in gen.batches)
     assert n_requests == job.generator_calls
-    assert counters["generator_batches"] == len(gen.batches)
+    assert counters.generator_batches == len(gen.batches)
     assert len(gen.batches) <= 3 * 4  # ~one batch per depth, not one per request
     assert max(len(set(b)) for b in gen.batches) == 20  # one call carried all 20 problems
 
@@ -56,13 +57,34 @@ def test_job_ledger_is_sum_of_problem_ledgers():
         )
 
 
-def test_backend_failure_reaches_the_caller():
+def test_backend_failure_fails_the_problems_and_past_the_limit_the_job():
     class Broken(NoisyOracleGenerator):
         async def generate(self, requests):
             raise RuntimeError("engine died")
 
-    with pytest.raises(RuntimeError, match="engine died"):
-        run_inprocess("beam", generator=Broken())
+    results, _, counters, _ = run_inprocess("beam", generator=Broken())
+    assert counters.failed == 6 and {r.status for r in results} == {"failed"}
+    assert all(r.error == "RuntimeError: engine died" and not r.correct for r in results)
+    with pytest.raises(JobFailed, match=r"problems failed \(more than 2\); last: RuntimeError: engine died"):
+        run_inprocess("beam", generator=Broken(), max_failures=2)
+
+
+def test_a_raising_task_method_fails_only_its_problem():
+    class Fragile(Game24):
+        def is_terminal(self, problem, steps):
+            if problem.id == BAD:
+                raise IndexError("model text the task cannot read")
+            return super().is_terminal(problem, steps)
+
+    problems = Game24("dev").problems()[:6]
+    BAD = problems[2].id
+    results, job, counters, _ = run_inprocess("beam", problems=problems, task=Fragile("dev"))
+    assert [r.id for r in results] == [p.id for p in problems]
+    bad = results[2]
+    assert bad.status == "failed" and bad.error == "IndexError: model text the task cannot read"
+    assert bad.ledger.generator_calls == 1  # what it spent before it raised is booked
+    assert all(r.status == "ok" for i, r in enumerate(results) if i != 2) and counters.failed == 1
+    assert job.generator_calls == sum(r.ledger.generator_calls for r in results)
 
 
 def test_nonfinite_prm_scores_become_lowest_and_are_counted():
@@ -71,7 +93,7 @@ def test_nonfinite_prm_scores_become_lowest_and_are_counted():
     class NaNPRM(RulePRM):
         def score_one(self, req):
             res = super().score_one(req)
-            return ScoreResult(tuple(math.nan for _ in res.step_scores), res.tokens)
+            return ScoreResult(tuple(tuple(math.nan for _ in c) for c in res.scores), res.tokens)
 
     results, job, _, trees = run_inprocess("beam", scorer=NaNPRM(task))
     assert job.nonfinite_scores > 0
@@ -128,16 +150,19 @@ def test_mc_rollout_prm_values_are_fractions_of_correct_rollouts():
     good = [m.text() for m in g.solve(g.state_of((4, 6, 12, 13)))]
     dead = "13 + 12 = 25 (left: 4 6 25)"
     assert not g.reachable(g.state_of((4, 6, 25)))
-    req = ScoreRequest(p.id, 1, p.prompt, (good[0], good[1]))
+    req = ScoreRequest.one(p.id, 1, p.prompt, (good[0], good[1]))
     (res,) = asyncio.run(prm.score([req]))
-    assert res.step_scores == (1.0, 1.0) and 0 < res.tokens <= prm.count_tokens(req)
-    (res,) = asyncio.run(prm.score([ScoreRequest(p.id, 2, p.prompt, (dead,))]))
-    assert res.step_scores == (0.0,)
-    (res,) = asyncio.run(prm.score([ScoreRequest(p.id, 3, p.prompt, tuple(good))]))
-    assert res.step_scores == (1.0, 1.0, 1.0)  # a finished chain: its own correctness
+    bound = prm.counter.root(p.prompt, p.prompt)
+    for step in req.chains[0]:
+        bound = prm.counter.extend(bound, step)
+    assert res.scores == ((1.0, 1.0),) and 0 < res.tokens[0] <= bound[0]
+    (res,) = asyncio.run(prm.score([ScoreRequest.one(p.id, 2, p.prompt, (dead,))]))
+    assert res.scores == ((0.0,),)
+    (res,) = asyncio.run(prm.score([ScoreRequest.one(p.id, 3, p.prompt, tuple(good))]))
+    assert res.scores == ((1.0, 1.0, 1.0),)  # a finished chain: its own correctness
     noisy = MonteCarloRolloutPRM(NoisyOracleGenerator(0.6, 0), task, [p], rollouts=8, max_step_tokens=40)
-    (res,) = asyncio.run(noisy.score([ScoreRequest(p.id, 1, p.prompt, (good[0],))]))
-    assert 0.0 <= res.step_scores[0] < 1.0 and (res.step_scores[0] * 8).is_integer()
+    (res,) = asyncio.run(noisy.score([ScoreRequest.one(p.id, 1, p.prompt, (good[0],))]))
+    assert 0.0 <= res.scores[0][0] < 1.0 and (res.scores[0][0] * 8).is_integer()
 
 
 def test_mc_rollout_prm_in_a_search_respects_the_budget(tmp_path):
@@ -163,9 +188,9 @@ def test_mc_rollout_prm_in_a_search_respects_the_budget(tmp_path):
 
 
 def test_a_batch_that_returns_after_its_search_was_cancelled_is_dropped_quietly():
-    """A failing sibling cancels the other searches; their in-flight batches still return and
-    must not fail on the cancelled futures (it printed InvalidStateError at shutdown)."""
-    from treesearch.engine import Batcher
+    """A cancelled search's in-flight batch still returns and must not fail on the cancelled
+    futures (it printed InvalidStateError at shutdown)."""
+    from treesearch.batcher import Batcher
 
     class HeldGenerator:
         def __init__(self) -> None:
@@ -175,17 +200,21 @@ def test_a_batch_that_returns_after_its_search_was_cancelled_is_dropped_quietly(
             await self.release.wait()
             return [f"result of {r}" for r in requests]
 
-    async def main() -> list:
+    errors = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: errors.append(ctx))
         gen = HeldGenerator()
         batcher = Batcher(gen, scorer=RulePRM(Game24("dev")))
         batcher.active = 1
         search = asyncio.ensure_future(batcher.generate(["a", "b"]))
         await asyncio.sleep(0)  # submitted and flushed: one batch in flight
-        (batch,) = batcher._inflight
+        assert batcher.generator_batches == 1
         search.cancel()
         gen.release.set()
-        return await asyncio.gather(search, batch, return_exceptions=True)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert search.cancelled()
 
-    cancelled, resolved = asyncio.run(main())
-    assert isinstance(cancelled, asyncio.CancelledError)
-    assert resolved is None  # _resolve returned normally
+    asyncio.run(main())
+    assert errors == []

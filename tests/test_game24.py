@@ -154,7 +154,7 @@ def test_every_task_method_survives_mutated_chains():
     model-written text (a model wrote a final ``(left: 10)`` after 10 was used up)."""
     import random
 
-    from treesearch.models.game24_data import solution_paths
+    from treesearch.training.game24_data import solution_paths
 
     rng = random.Random(1)
     task = Game24("dev")

@@ -9,11 +9,13 @@ import ray
 
 from actors.driver import start_backends
 from treesearch.config import load_config
-from treesearch.models.tiny import build_char_tokenizer
-from treesearch.prm import MathShepherdFormat, QwenPRMFormat
+from treesearch.job import resolve
+from treesearch.prm.math_shepherd import MathShepherdFormat
+from treesearch.prm.qwen_prm import QwenPRMFormat
 from treesearch.runner import run_job
 from treesearch.tasks.answers import answers_equal, extract_answer, extract_boxed, normalize
 from treesearch.tasks.math import MathTask, MathTaskError
+from treesearch.training.tiny import build_char_tokenizer
 
 from .conftest import CHATML, SYMBOLS
 from .conftest import math_overrides as _overrides
@@ -147,7 +149,7 @@ def stack(models, tmp_path_factory):
     if ray.is_initialized():
         ray.shutdown()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    b = start_backends(load_config(None, _overrides(models, data)))
+    b = start_backends(resolve(load_config(None, _overrides(models, data))))
     yield b
     b.shutdown()
     ray.shutdown()

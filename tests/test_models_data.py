@@ -6,10 +6,10 @@ import random
 
 import pytest
 
-from treesearch.models import game24_data as data
-from treesearch.models.evaluate_policy import pass_at_k
 from treesearch.prm.math_shepherd import MathShepherdFormat
 from treesearch.tasks import game24 as g24
+from treesearch.training import game24_data as data
+from treesearch.training.evaluate_policy import pass_at_k
 
 PUZZLE = (4, 5, 6, 10)
 

@@ -6,9 +6,9 @@ import random
 
 import torch
 
-from treesearch.models import game24_data as data
-from treesearch.models.tiny import build_char_tokenizer
-from treesearch.models.train import (
+from treesearch.training import game24_data as data
+from treesearch.training.tiny import build_char_tokenizer
+from treesearch.training.train import (
     IGNORE,
     ModelShape,
     TrainConfig,
@@ -18,7 +18,7 @@ from treesearch.models.train import (
     pad_batch,
     train,
 )
-from treesearch.models.train_policy import examples
+from treesearch.training.train_policy import examples
 
 SMALL = ModelShape(hidden=32, layers=2, heads=1, intermediate=64)
 
@@ -65,7 +65,7 @@ def test_a_bucketed_step_has_the_gradient_of_the_whole_batch():
 
 
 def test_prm_rows_carry_one_target_per_step_tag():
-    from treesearch.models.train_prm import encode
+    from treesearch.training.train_prm import encode
 
     tok = build_char_tokenizer(added_tokens=(data.TAG,))
     chain = ((4, 5, 6, 10), ("10 - 4 = 6 (left: 5 6 6)", "6 - 5 = 1 (left: 1 6)"))
@@ -77,7 +77,7 @@ def test_prm_rows_carry_one_target_per_step_tag():
 
 
 def test_policy_samples_continue_their_start_and_stop_one_step_past_three():
-    from treesearch.models.train_prm import draw_chains, policy_starts
+    from treesearch.training.train_prm import draw_chains, policy_starts
 
     puzzles = [(4, 5, 6, 10), (1, 1, 1, 1)]
     starts = policy_starts(puzzles, n_root=3, n_prefix=2, per_prefix=1, seed=0)

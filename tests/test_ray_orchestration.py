@@ -13,7 +13,7 @@ from actors.driver import Backends, start_backends
 from actors.tree_store import TreeStoreActor
 from treesearch.cli import main
 from treesearch.config import load_config
-from treesearch.policies import puct_value
+from treesearch.job import resolve
 from treesearch.runner import run_job
 from treesearch.tree import NO_PARENT, Step, Tree
 
@@ -59,7 +59,10 @@ def _same_tree(a: Tree, b: Tree) -> bool:
 
 @pytest.fixture(scope="module")
 def backends():
-    b = start_backends(_cfg("beam", "generator.resources.replicas=2"))
+    # a bound no wave reaches: every request stays on its tree's home (the bound is unit-tested)
+    b = start_backends(
+        resolve(_cfg("beam", "generator.resources.replicas=2", "generator.resources.affinity_bound=1000"))
+    )
     yield b
     b.shutdown()
 
@@ -103,7 +106,7 @@ def test_killed_generator_and_prm_replicas_lose_nothing(tmp_path):
         "prm.resources.replicas=2",
         "generator.resources.max_calls_in_flight=1",
     )
-    b = start_backends(cfg)
+    b = start_backends(resolve(cfg))
     try:
         killer = threading.Thread(target=_kill_midway, args=(tmp_path / "ray", b))
         killer.start()
@@ -126,7 +129,7 @@ def _kill_midway(out, b: Backends):
         if done.exists() and len(done.read_text().splitlines()) >= 2:
             break
         time.sleep(0.02)
-    for pool, handles in ((b.generator.pool, b.generator_handles), (b.scorer.pool, b.prm_handles)):
+    for pool, handles in ((b.generator.pool, b.replicas.generator), (b.scorer.pool, b.replicas.prm)):
         while time.time() < deadline:  # kill a replica while it holds requests in flight
             busy = [r for r, load in enumerate(pool.load) if load > 0]
             if busy:
@@ -136,82 +139,86 @@ def _kill_midway(out, b: Backends):
 
 
 def test_tree_store_survives_concurrent_simulations():
-    store = TreeStoreActor.remote()
-    ray.get(store.create.remote("p", "1 2 3 4\n"))
-    policy = puct_value
+    """Six clients run simulations on one tree in the store actor at once: every commit lands,
+    no virtual loss is left, and visits add up."""
+    from actors.tree_store import StoreClient
+    from treesearch.algorithms import MCTSConfig
 
-    async def worker(w: int, sims: int):
-        for i in range(sims):
-            path = await store.select.remote("p", policy)
-            leaf = path[-1]
-            kids = await store.add_children.remote(
-                "p", leaf, [Step(f"w{w}-{i}-{j}", (j,), -j) for j in range(2)]
-            )
-            await store.undo_virtual_loss.remote("p", path)
-            for k in kids:
-                await store.backup.remote("p", k, 0.5 + 0.1 * (k % 3))
+    store = TreeStoreActor.remote()
+    cfg = MCTSConfig(simulations=90, parallel=6, expansions=2, widen_c=0.0)
+    ray.get(store.open.remote("p", "1 2 3 4\n", [1, 2, 3], 3, cfg))
+
+    async def worker(w: int):
+        client = StoreClient(store, "p", f"w{w}")
+        while (leaves := await client.select(2)) is not None:
+            commits = []
+            for lf in leaves:
+                steps = [(Step(f"w{w}-{lf.node}-{j}", (j,), -j, False), None) for j in range(2)]
+                commits.append((lf.ticket, steps, [(*[0.5] * len(lf.steps), 0.1 * j) for j in range(2)], w))
+            await client.commit(commits)
+            await asyncio.sleep(0)
 
     async def all_workers():
-        await asyncio.gather(*(worker(w, 15) for w in range(6)))
+        await asyncio.gather(*(worker(w) for w in range(6)))
 
     asyncio.run(all_workers())
-    tree = Tree.from_msgpack(ray.get(store.get.remote("p")))
-    assert len(tree) == 1 + 6 * 15 * 2
+    tree_bytes, _, stats = ray.get(store.finish.remote("p"))
+    tree = Tree.from_msgpack(tree_bytes)
+    assert stats["simulations"] == 90 and len(tree) > 1
     for n in range(len(tree)):
         assert tree.virtual_loss[n] == 0
         assert tree.parent[n] == NO_PARENT or tree.parent[n] < n
         assert tree.visits[n] == (1 if n else 0) + sum(tree.visits[c] for c in tree.children[n])
+    assert tree.visits[0] == len(tree) - 1
 
 
 def test_unschedulable_replica_fails_with_its_resources(tmp_path):
     cfg = _cfg("beam", "generator.resources.num_gpus=1", "generator.resources.startup_timeout_s=3")
     with pytest.raises(RuntimeError, match=r"did not start within 3 s: each asks .*'GPU': 1.0"):
-        start_backends(cfg)
+        start_backends(resolve(cfg))
 
 
 def test_replica_that_crashes_at_start_surfaces_its_cause(tmp_path):
-    from treesearch.models.tiny import build_char_tokenizer, build_tiny_llama
+    from treesearch.training.tiny import build_char_tokenizer, build_tiny_llama
 
     model = build_tiny_llama(tmp_path / "m", build_char_tokenizer())
     for f in model.glob("*.safetensors"):
         f.write_bytes(b"not a safetensors file")
-    cfg = _cfg("beam", "generator.backend=hf", f"generator.model={model}")
+    cfg = _cfg("beam", f"generator={{backend: hf, model: {model}}}")
     with pytest.raises(RuntimeError, match=r"generator replica failed to start: .*Error"):
-        start_backends(cfg)
+        start_backends(resolve(cfg))
 
 
 @pytest.mark.parametrize(
-    ("overrides", "message"),
+    ("section", "message"),
     [
         (
-            ["generator.backend=vllm", "generator.model=/nonexistent/model"],
+            "generator={backend: vllm, model: /nonexistent/model}",
             "generator.model: model directory not found",
         ),
-        (["generator.backend=vllm", "generator.model=CONFIGS"], "is not a Hugging Face model directory"),
-        (["prm.backend=math_shepherd", "prm.model=MODEL"], "step tag 'ки' is not a single token"),
+        ("generator={backend: vllm, model: CONFIGS}", "is not a Hugging Face model directory"),
+        ("prm={backend: math_shepherd, model: MODEL}", "step tag 'ки' is not a single token"),
+        ("prm={backend: math_shepherd, model: MODEL, step_tag: Q}", "step tag 'Q' is not a single token"),
+        ("prm={backend: qwen_prm, model: MODEL}", "step separator '<extra_0>' is not a single token"),
         (
-            ["prm.backend=math_shepherd", "prm.model=MODEL", "prm.step_tag=Q"],
-            "step tag 'Q' is not a single token",
-        ),
-        (["prm.backend=qwen_prm", "prm.model=MODEL"], "step separator '<extra_0>' is not a single token"),
-        (
-            ["prm.backend=math_shepherd", "prm.engine=vllm", "prm.model=MODEL", "prm.step_tag=+"],
+            "prm={backend: math_shepherd, engine: vllm, model: MODEL, step_tag: +}",
             "must differ from the label",
         ),
+        (
+            "prm={backend: outcome_rm, engine: vllm, model: MODEL}",
+            "vllm does not serve the outcome_rm format",
+        ),
+        ("prm={backend: math_shepherd, model: MODEL, reachability: true}", "prm.reachability: unknown field"),
     ],
 )
-def test_bad_models_fail_before_search_with_exit_2(tmp_path, capsys, overrides, message):
-    from treesearch.models.tiny import build_char_tokenizer, build_tiny_llama
+def test_bad_models_fail_before_search_with_exit_2(tmp_path, capsys, section, message):
+    from treesearch.training.tiny import build_char_tokenizer, build_tiny_llama
 
     model = build_tiny_llama(tmp_path / "m", build_char_tokenizer(), hidden=32, heads=1, layers=1)
-    sub = {"MODEL": str(model), "CONFIGS": str(CONFIGS)}
-    args = []
-    for o in overrides:
-        k, v = o.split("=", 1)
-        args += ["--set", f"{k}={sub.get(v, v)}"]
+    section = section.replace("MODEL", str(model)).replace("CONFIGS", str(CONFIGS))
     out = tmp_path / "out"
     capsys.readouterr()  # drop the model builder's own output
-    rc = main(["run", str(CONFIGS / "game24-beam.yaml"), "--out", str(out), "--quiet", *args])
+    rc = main(["run", str(CONFIGS / "game24-beam.yaml"), "--out", str(out), "--quiet", "--set", section])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and message in err[0], err
     assert not out.exists()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from types import SimpleNamespace
 
 import pytest
 
-from treesearch.backends.deterministic import RulePRM
+from treesearch.backends.deterministic import ByteCounter, RulePRM
 from treesearch.config import ConfigError, load_config
+from treesearch.job import resolve
 from treesearch.protocol import ScoreRequest, ScoreResult
 from treesearch.runner import run_job
 from treesearch.tasks import game24 as g24
@@ -28,12 +30,13 @@ def chain(valid_steps: int, bad: str | None = None) -> tuple[str, ...]:
 
 class ConstantPRM:
     num_parameters = 1.0
-
-    def count_tokens(self, request: ScoreRequest) -> int:
-        return 7
+    counter = ByteCounter("\n")
 
     async def score(self, requests):
-        return [ScoreResult(tuple(0.8 for _ in r.steps), 7) for r in requests]
+        return [
+            ScoreResult(tuple(tuple(0.8 for _ in c) for c in r.chains), (7,) * len(r.chains))
+            for r in requests
+        ]
 
 
 def test_rule_check_fails_made_up_arithmetic_and_everything_after():
@@ -56,11 +59,11 @@ def test_reachability_is_stricter_than_rule():
 def test_product_scorer_zeroes_failed_steps_and_keeps_inner_tokens():
     a, b = sorted(NUMS)[-2:]
     bad = f"{b} * {a} = {a * b + 3} (left: 5)"
-    req = ScoreRequest(PROBLEM.id, 1, PROBLEM.prompt, (*chain(1), bad))
+    req = ScoreRequest.one(PROBLEM.id, 1, PROBLEM.prompt, (*chain(1), bad))
     scorer = ProductScorer(ConstantPRM(), TASK, ["rule"], [PROBLEM])
     (res,) = asyncio.run(scorer.score([req]))
-    assert res.step_scores == (0.8, 0.0)
-    assert res.tokens == 7 and scorer.count_tokens(req) == 7
+    assert res.scores == ((0.8, 0.0),)
+    assert res.tokens == (7,) and scorer.counter is ConstantPRM.counter
     inner = ConstantPRM()
     assert compose(inner, TASK, [], [PROBLEM]) is inner
     with pytest.raises(ValueError, match="unknown check"):
@@ -69,21 +72,30 @@ def test_product_scorer_zeroes_failed_steps_and_keeps_inner_tokens():
 
 def test_rule_prm_with_reachability_equals_rule_times_reachability_check():
     reqs = [
-        ScoreRequest(PROBLEM.id, i, PROBLEM.prompt, steps)
+        ScoreRequest.one(PROBLEM.id, i, PROBLEM.prompt, steps)
         for i, steps in enumerate([chain(1), chain(3), (chain(1)[0], "1 + 1 = 3 (left: 3)")])
     ]
     oracle = asyncio.run(RulePRM(TASK, reachability=True).score(reqs))
     composed = ProductScorer(RulePRM(TASK, reachability=False), TASK, ["reachability"], [PROBLEM])
-    assert [r.step_scores for r in asyncio.run(composed.score(reqs))] == [r.step_scores for r in oracle]
+    assert [r.scores for r in asyncio.run(composed.score(reqs))] == [r.scores for r in oracle]
+    together = ScoreRequest(PROBLEM.id, tuple(range(3)), PROBLEM.prompt, tuple(r.chains[0] for r in reqs))
+    (res,) = asyncio.run(composed.score([together]))  # one request, three chains
+    assert res.scores == tuple(r.scores[0] for r in oracle)
 
 
 def test_labels_mark_every_oracle():
-    assert describe("math_shepherd", ["rule"]) == ("math_shepherd x rule", False)
-    label, oracle = describe("math_shepherd", ["rule", "reachability"])
-    assert oracle and "ORACLE" in label
-    assert describe("rule", [], reachability=True)[1]
-    assert not describe("rule", [], reachability=False)[1]
-    assert describe("mc_rollout", [])[1]
+    def label(*overrides):
+        return resolve(load_config(None, ["run.limit=1", *overrides])).verifier
+
+    shepherd = ["prm.backend=math_shepherd", "generator.backend=vllm"]
+    plain = SimpleNamespace(backend="math_shepherd", checks=["rule"])
+    assert describe(plain, False) == ("math_shepherd x rule", False)
+    text, oracle = label(*shepherd, "prm.checks=[rule, reachability]")
+    assert oracle and text == "math_shepherd x rule x reachability (ORACLE: a ceiling)"
+    assert label(*shepherd, "prm.checks=[rule]") == ("math_shepherd x rule", False)
+    assert label("prm.reachability=true")[1]
+    assert label("prm.reachability=false") == ("rule", False)
+    assert label("prm.backend=mc_rollout")[1]
 
 
 def test_job_with_checks_is_labelled_and_matches_the_oracle_prm(tmp_path):

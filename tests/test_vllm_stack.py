@@ -4,25 +4,28 @@ engine per module."""
 
 import asyncio
 import json
+import pickle
 
 import pytest
 import ray
 
 from actors.driver import start_backends
-from actors.generator import GeneratorSpec, HFWorker
-from actors.prm import PRMActor, PRMSpec, TransformersPRMWorker
+from actors.replica import ReplicaActor, encode_batch
 from treesearch.algorithms import ALGORITHMS
+from treesearch.backends import WorkerEnv
 from treesearch.budget import Budget
-from treesearch.config import build, load_config
+from treesearch.config import JobConfig, build, load_config
 from treesearch.engine import run_problems
+from treesearch.job import resolve
 from treesearch.models import embedded_model
-from treesearch.models.tiny import build_char_tokenizer
-from treesearch.protocol import ExpandRequest, ScoreRequest
+from treesearch.protocol import ExpandRequest, ScoreRequest, count_ids, decode_ids, encode_ids
 from treesearch.runner import run_job
 from treesearch.tasks.base import Problem
 from treesearch.tasks.game24 import Game24
+from treesearch.training.tiny import build_char_tokenizer
 from treesearch.tree import TERMINAL, Tree
 
+from .helpers import backend_worker
 from .test_cli import CONFIGS
 
 EASY = (1, 2, 3, 4)  # many solutions; the policy alone solves it greedily
@@ -47,16 +50,9 @@ def _overrides(models, *extra):
     return [
         "run.limit=2",
         "budget.generated_tokens=400",
-        "generator.backend=vllm",
-        "generator.dtype=float32",
-        "generator.gpu_memory_utilization=0.2",
-        "generator.enforce_eager=true",
-        "generator.max_model_len=256",
-        "generator.block_size=32",
-        "generator.max_step_tokens=24",
-        "generator.resources.num_cpus=0",
-        "prm.backend=math_shepherd",
-        "prm.resources.num_cpus=0",
+        "generator={backend: vllm, dtype: float32, gpu_memory_utilization: 0.2, enforce_eager: true, "
+        "max_model_len: 256, block_size: 32, max_step_tokens: 24, resources: {num_cpus: 0}}",
+        "prm={backend: math_shepherd, resources: {num_cpus: 0}}",
         *extra,
     ]
 
@@ -68,7 +64,7 @@ def stack(models):
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     cfg = load_config(CONFIGS / "game24-beam.yaml", _overrides(models))
     assert (cfg.generator.model, cfg.prm.model) == tuple(map(str, models))  # the embedded defaults
-    backends = start_backends(cfg)
+    backends = start_backends(resolve(cfg))
     yield backends
     backends.shutdown()
     ray.shutdown()
@@ -98,7 +94,7 @@ def test_every_algorithm_runs_on_vllm_and_a_prm_actor(tmp_path, models, stack, a
 def test_cached_prompt_tokens_come_from_vllm(tmp_path, models, stack):
     tok = build_char_tokenizer(added_tokens=["ки"])
     text = "4 5 6 10\n" + "10 - 4 = 6 (left: 5 6 6)\n" * 3  # 84 tokens: two full 32-token blocks
-    req = ExpandRequest("cache-probe", 0, text, tuple(tok.encode(text, add_special_tokens=False)), 2, 8, "\n")
+    req = ExpandRequest("cache-probe", 0, encode_ids(tok.encode(text, add_special_tokens=False)), 2, 8, "\n")
     first, second = (asyncio.run(stack.generator.generate([req]))[0] for _ in range(2))
     assert first.prompt_tokens == 84 and second.cached_prompt_tokens == 64
     # Through a search: the prompt spans two full blocks, so every request after the first
@@ -122,40 +118,41 @@ def test_cached_prompt_tokens_come_from_vllm(tmp_path, models, stack):
 def test_vllm_pooling_prm_matches_transformers(models):
     _, prm = models
     reqs = [
-        ScoreRequest("p", 1, "4 5 6 10\n", ("10 - 4 = 6 (left: 5 6 6)",)),
-        ScoreRequest(
+        ScoreRequest.one("p", 1, "4 5 6 10\n", ("10 - 4 = 6 (left: 5 6 6)",)),
+        ScoreRequest.one(
             "p",
             2,
             "4 5 6 10\n",
             ("10 - 4 = 6 (left: 5 6 6)", "6 * 5 = 30 (left: 6 30)", "30 - 6 = 24 (left: 24)"),
         ),
-        ScoreRequest("q", 3, "1 2 3 4\n", ("4 * 3 = 12 (left: 1 2 12)", "12 * 2 = 24 (left: 1 24)")),
+        ScoreRequest.one("q", 3, "1 2 3 4\n", ("4 * 3 = 12 (left: 1 2 12)", "12 * 2 = 24 (left: 1 24)")),
     ]
-    hf = TransformersPRMWorker(PRMSpec("math_shepherd", model=str(prm), dtype="float32"))
+    hf = backend_worker("prm", backend="math_shepherd", model=str(prm), dtype="float32")
     expected = asyncio.run(hf.score(reqs))
-    spec = PRMSpec(
-        "math_shepherd",
-        engine="vllm",
-        model=str(prm),
-        dtype="float32",
-        gpu_memory_utilization=0.2,
-        enforce_eager=True,
-        max_model_len=256,
-    )
-    actor = PRMActor.options(num_cpus=0).remote(spec, 0)
+    section = {
+        "backend": "math_shepherd",
+        "engine": "vllm",
+        "model": str(prm),
+        "dtype": "float32",
+        "gpu_memory_utilization": 0.2,
+        "enforce_eager": True,
+        "max_model_len": 256,
+    }
+    actor = ReplicaActor.options(num_cpus=0).remote(build(JobConfig, {"prm": section}, "").prm, WorkerEnv(0))
     try:
-        got = ray.get(actor.score.remote(reqs), timeout=300)
+        got, depth = pickle.loads(ray.get(actor.score.remote(encode_batch(reqs)), timeout=300))
     finally:
         ray.kill(actor)
+    assert depth == 0  # nothing else in flight once the batch is answered
     for e, g in zip(expected, got, strict=True):
-        assert len(g.step_scores) == len(e.step_scores) and g.tokens == e.tokens
-        assert max(abs(a - b) for a, b in zip(e.step_scores, g.step_scores, strict=True)) < 1e-4
-    assert len({round(s, 6) for r in expected for s in r.step_scores}) > 1  # not a constant
+        assert len(g.scores[0]) == len(e.scores[0]) and g.tokens == e.tokens
+        assert max(abs(a - b) for a, b in zip(e.scores[0], g.scores[0], strict=True)) < 1e-4
+    assert len({round(s, 6) for r in expected for s in r.scores[0]}) > 1  # not a constant
     # The trained PRM tells solver solutions from invalid steps, judged over many steps, not
     # one (shipped PRM: good 86%, invalid 87% on the side of 0.5, pairs ordered 92%).
     good_steps, bad_steps = _solutions_and_corruptions()
-    good = [s for r in asyncio.run(hf.score(good_steps)) for s in r.step_scores]
-    bad = [r.step_scores[-1] for r in asyncio.run(hf.score(bad_steps))]
+    good = [s for r in asyncio.run(hf.score(good_steps)) for s in r.scores[0]]
+    bad = [r.scores[0][-1] for r in asyncio.run(hf.score(bad_steps))]
     assert len(good) >= 150 and len(bad) >= 50
     assert sum(s > 0.5 for s in good) / len(good) >= 0.75
     assert sum(s < 0.5 for s in bad) / len(bad) >= 0.75
@@ -167,20 +164,20 @@ def _solutions_and_corruptions() -> tuple[list[ScoreRequest], list[ScoreRequest]
     (made-up arithmetic, a wrong left list, an unavailable operand, a false ``= 24``)."""
     import random
 
-    from treesearch.models import game24_data as data
     from treesearch.tasks.game24 import legal_moves, solvable_puzzles, state_of
+    from treesearch.training import game24_data as data
 
     rng = random.Random(0)
     good, bad = [], []
     for puzzle in solvable_puzzles()[::40]:  # 34 puzzles across the range, 2 solutions each
         prompt = data.prompt_of(puzzle)
         for steps in data.solution_paths(state_of(puzzle))[:2]:
-            good.append(ScoreRequest("g", len(good), prompt, steps))
+            good.append(ScoreRequest.one("g", len(good), prompt, steps))
             depth = rng.randrange(3)
             state = data.state_after(puzzle, steps[:depth])
             move = next(m for m in legal_moves(state) if m.text() == steps[depth])
             wrong = data.corrupt(state, move, rng).text
-            bad.append(ScoreRequest("b", len(bad), prompt, (*steps[:depth], wrong)))
+            bad.append(ScoreRequest.one("b", len(bad), prompt, (*steps[:depth], wrong)))
     return good, bad
 
 
@@ -214,18 +211,17 @@ def test_the_embedded_policy_loads_in_transformers_and_writes_valid_steps():
 
 def test_hf_generator_backend(models):
     policy, _ = models
-    w = HFWorker(GeneratorSpec("hf", model=str(policy), dtype="float32", seed=0), replica=3)
+    w = backend_worker("generator", replica=3, backend="hf", model=str(policy), dtype="float32")
     tok = w.tokenizer
-    prompt = tok.encode("4 5 6 10\n", add_special_tokens=False)
     reqs = [
-        ExpandRequest("p", 0, "4 5 6 10\n", tuple(prompt), 3, 12, "\n"),
-        ExpandRequest("q", 0, "1 2\n", tuple(tok.encode("1 2\n", add_special_tokens=False)), 2, 8, "\n"),
+        ExpandRequest("p", 0, encode_ids(tok.encode("4 5 6 10\n", add_special_tokens=False)), 3, 12, "\n"),
+        ExpandRequest("q", 0, encode_ids(tok.encode("1 2\n", add_special_tokens=False)), 2, 8, "\n"),
     ]
     out = asyncio.run(w.generate(reqs))
     assert [len(r.samples) for r in out] == [3, 2]
     for req, res in zip(reqs, out, strict=True):
-        assert res.prompt_tokens == len(req.prompt_token_ids) and res.replica == 3
+        assert res.prompt_tokens == count_ids(req.prompt_ids) and res.replica == 3
         for s in res.samples:
-            assert "\n" not in s.text and len(s.token_ids) <= req.max_tokens and s.logprob <= 0
+            assert "\n" not in s.text and count_ids(s.token_ids) <= req.max_tokens and s.logprob <= 0
             assert s.finish_reason in ("stop", "eos", "length")
-            assert tok.decode(s.token_ids).startswith(s.text)
+            assert tok.decode(decode_ids(s.token_ids)).startswith(s.text)

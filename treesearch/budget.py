@@ -11,13 +11,19 @@ estimate (Kaplan et al., 2020), split by phase:
 
 A :class:`Budget` caps any of the ledger's units. It is enforced *before* a request is sent:
 each request reserves its worst case (k samples x the step-token cap, every prompt token
-uncached), so a finished search never exceeds a limit. Wall seconds are the exception: they
-cannot be reserved, so a request is refused once the limit is reached.
+uncached; the PRM's input-token upper bound), so a finished search never exceeds a limit.
+Wall seconds are the exception: they cannot be reserved, so a request is refused once the
+limit is reached.
+
+The ledger is on the engine's hot path (a reservation and a settlement per request), so its
+arithmetic is spelled out field by field rather than reflected over ``dataclasses.fields``.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 # Units a budget can cap; each is a ``Ledger`` attribute or property.
 BUDGET_UNITS = (
@@ -29,8 +35,23 @@ BUDGET_UNITS = (
     "seconds",
 )
 
+# The ledger's counters, in serialisation order.
+LEDGER_FIELDS = (
+    "policy_prompt_tokens",
+    "policy_cached_prompt_tokens",
+    "policy_generated_tokens",
+    "prm_tokens",
+    "generator_calls",
+    "prm_calls",
+    "nodes",
+    "policy_prefill_flops",
+    "policy_decode_flops",
+    "prm_flops",
+    "wall_seconds",
+    "nonfinite_scores",
+)
 
-@dataclass
+
 class Ledger:
     """Counted compute, for one problem or summed over a job.
 
@@ -40,25 +61,42 @@ class Ledger:
       policy_generated_tokens: tokens sampled by the generator.
       prm_tokens: tokens the PRM ran over.
       generator_calls: expansion requests (one prefix, k samples) answered.
-      prm_calls: scoring requests (one chain) answered.
+      prm_calls: chains scored (a request may carry several).
       nodes: tree nodes created (the root excluded).
       policy_prefill_flops, policy_decode_flops, prm_flops: FLOPs by phase (module docstring).
       wall_seconds: elapsed time of the search (job: of the whole run).
       nonfinite_scores: PRM scores that were NaN/inf and were mapped to the lowest score.
     """
 
-    policy_prompt_tokens: int = 0
-    policy_cached_prompt_tokens: int = 0
-    policy_generated_tokens: int = 0
-    prm_tokens: int = 0
-    generator_calls: int = 0
-    prm_calls: int = 0
-    nodes: int = 0
-    policy_prefill_flops: float = 0.0
-    policy_decode_flops: float = 0.0
-    prm_flops: float = 0.0
-    wall_seconds: float = 0.0
-    nonfinite_scores: int = 0
+    __slots__ = LEDGER_FIELDS
+
+    def __init__(
+        self,
+        policy_prompt_tokens: int = 0,
+        policy_cached_prompt_tokens: int = 0,
+        policy_generated_tokens: int = 0,
+        prm_tokens: int = 0,
+        generator_calls: int = 0,
+        prm_calls: int = 0,
+        nodes: int = 0,
+        policy_prefill_flops: float = 0.0,
+        policy_decode_flops: float = 0.0,
+        prm_flops: float = 0.0,
+        wall_seconds: float = 0.0,
+        nonfinite_scores: int = 0,
+    ):
+        self.policy_prompt_tokens = policy_prompt_tokens
+        self.policy_cached_prompt_tokens = policy_cached_prompt_tokens
+        self.policy_generated_tokens = policy_generated_tokens
+        self.prm_tokens = prm_tokens
+        self.generator_calls = generator_calls
+        self.prm_calls = prm_calls
+        self.nodes = nodes
+        self.policy_prefill_flops = policy_prefill_flops
+        self.policy_decode_flops = policy_decode_flops
+        self.prm_flops = prm_flops
+        self.wall_seconds = wall_seconds
+        self.nonfinite_scores = nonfinite_scores
 
     # Derived units used by budgets and summaries.
     @property
@@ -81,23 +119,75 @@ class Ledger:
     def value(self, unit: str) -> float:
         if unit not in BUDGET_UNITS:
             raise ValueError(f"unknown budget unit {unit!r}; expected one of {BUDGET_UNITS}")
-        return getattr(self, unit)
+        return UNIT_VALUE[unit](self)
 
-    def add(self, other: Ledger) -> None:
-        """Adds every counter of ``other`` into this ledger (job totals)."""
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+    def add(self, o: Ledger) -> None:
+        """Adds every counter of ``o`` into this ledger (job totals)."""
+        self.policy_prompt_tokens += o.policy_prompt_tokens
+        self.policy_cached_prompt_tokens += o.policy_cached_prompt_tokens
+        self.policy_generated_tokens += o.policy_generated_tokens
+        self.prm_tokens += o.prm_tokens
+        self.generator_calls += o.generator_calls
+        self.prm_calls += o.prm_calls
+        self.nodes += o.nodes
+        self.policy_prefill_flops += o.policy_prefill_flops
+        self.policy_decode_flops += o.policy_decode_flops
+        self.prm_flops += o.prm_flops
+        self.wall_seconds += o.wall_seconds
+        self.nonfinite_scores += o.nonfinite_scores
+
+    def sub(self, o: Ledger) -> None:
+        """Subtracts every counter of ``o`` (releases a reservation)."""
+        self.policy_prompt_tokens -= o.policy_prompt_tokens
+        self.policy_cached_prompt_tokens -= o.policy_cached_prompt_tokens
+        self.policy_generated_tokens -= o.policy_generated_tokens
+        self.prm_tokens -= o.prm_tokens
+        self.generator_calls -= o.generator_calls
+        self.prm_calls -= o.prm_calls
+        self.nodes -= o.nodes
+        self.policy_prefill_flops -= o.policy_prefill_flops
+        self.policy_decode_flops -= o.policy_decode_flops
+        self.prm_flops -= o.prm_flops
+        self.wall_seconds -= o.wall_seconds
+        self.nonfinite_scores -= o.nonfinite_scores
+
+    def copy(self) -> Ledger:
+        out = Ledger()
+        out.add(self)
+        return out
 
     def to_dict(self) -> dict[str, float]:
-        d = asdict(self)
+        d: dict[str, float] = {name: getattr(self, name) for name in LEDGER_FIELDS}
         d["flops"] = self.flops
         d["total_tokens"] = self.total_tokens
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, float]) -> Ledger:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+    def from_dict(cls, d: dict[str, Any]) -> Ledger:
+        return cls(**{k: v for k, v in d.items() if k in _FIELD_SET})
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Ledger) and all(getattr(self, n) == getattr(other, n) for n in LEDGER_FIELDS)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in LEDGER_FIELDS if getattr(self, n))
+        return f"Ledger({inner})"
+
+    def __reduce__(self) -> tuple:  # slots without __dict__: pickle as positional counters
+        return (Ledger, tuple(getattr(self, n) for n in LEDGER_FIELDS))
+
+
+_FIELD_SET = frozenset(LEDGER_FIELDS)
+
+# unit -> its value on a ledger, without getattr-by-name on the hot path
+UNIT_VALUE: dict[str, Callable[[Ledger], float]] = {
+    "generated_tokens": lambda x: x.policy_generated_tokens,
+    "total_tokens": lambda x: x.policy_prompt_tokens + x.policy_generated_tokens + x.prm_tokens,
+    "flops": lambda x: x.policy_prefill_flops + x.policy_decode_flops + x.prm_flops,
+    "generator_calls": lambda x: x.generator_calls,
+    "nodes": lambda x: x.nodes,
+    "seconds": lambda x: x.wall_seconds,
+}
 
 
 @dataclass(frozen=True)
@@ -135,36 +225,88 @@ class Budget:
                 raise ValueError(f"budget.{unit} must be >= 0, got {limit}")
 
 
-@dataclass
+# A request's worst case as the limited units see it: (generated tokens, total tokens, FLOPs,
+# generator calls, nodes). Seconds cannot be reserved.
+Costs = tuple[float, float, float, float, float]
+COST_UNITS = ("generated_tokens", "total_tokens", "flops", "generator_calls", "nodes")
+
+
 class BudgetGuard:
     """Tracks a problem's spent and reserved compute against its :class:`Budget`.
 
-    ``reserve`` returns False (and reserves nothing) when the worst case of a request could
-    push any limited unit over its limit; ``settle`` replaces a reservation by the real cost.
+    A request reserves its worst case first (``reserve``: False, and nothing reserved, when it
+    could push a limited unit over its limit) and releases it when its real cost is booked
+    into ``spent``. On the engine's hot path the worst case is a :data:`Costs` tuple
+    (``reserve_costs`` / ``release_costs``) and the caller books the real cost into ``spent``
+    field by field; ``reserve`` / ``settle`` take whole ledgers.
+
+    Attributes:
+      budget: the caps.
+      spent: compute booked so far.
+      in_flight: worst cases of the requests reserved and not yet released, by
+        :data:`COST_UNITS`.
     """
 
-    budget: Budget
-    spent: Ledger = field(default_factory=Ledger)
-    reserved: Ledger = field(default_factory=Ledger)
+    __slots__ = ("_checks", "_seconds", "budget", "in_flight", "spent")
+
+    def __init__(self, budget: Budget, spent: Ledger | None = None):
+        self.budget = budget
+        self.spent = spent if spent is not None else Ledger()
+        self.in_flight = [0.0] * len(COST_UNITS)
+        limits = budget.limits()
+        self._seconds = limits.pop("seconds", None)
+        self._checks = tuple((COST_UNITS.index(u), UNIT_VALUE[u], limit) for u, limit in limits.items())
+
+    @property
+    def reserved(self) -> Ledger:
+        """The requests in flight as a ledger (their worst cases: tokens, calls, nodes)."""
+        gen, total, flops, calls, nodes = self.in_flight
+        return Ledger(0, 0, int(gen), int(total - gen), int(calls), 0, int(nodes), 0.0, 0.0, flops)
+
+    def reserve_costs(self, costs: Costs) -> bool:
+        if self._seconds is not None and self.spent.wall_seconds >= self._seconds:
+            return False
+        spent, flight = self.spent, self.in_flight
+        for i, value, limit in self._checks:
+            if value(spent) + flight[i] + costs[i] > limit:
+                return False
+        flight[0] += costs[0]
+        flight[1] += costs[1]
+        flight[2] += costs[2]
+        flight[3] += costs[3]
+        flight[4] += costs[4]
+        return True
+
+    def release_costs(self, costs: Costs) -> None:
+        flight = self.in_flight
+        flight[0] -= costs[0]
+        flight[1] -= costs[1]
+        flight[2] -= costs[2]
+        flight[3] -= costs[3]
+        flight[4] -= costs[4]
+
+    @staticmethod
+    def costs(worst: Ledger) -> Costs:
+        return (
+            worst.policy_generated_tokens,
+            worst.total_tokens,
+            worst.flops,
+            worst.generator_calls,
+            worst.nodes,
+        )
 
     def fits(self, worst: Ledger) -> bool:
-        for unit, limit in self.budget.limits().items():
-            if unit == "seconds":
-                if self.spent.wall_seconds >= limit:
-                    return False
-                continue
-            if self.spent.value(unit) + self.reserved.value(unit) + worst.value(unit) > limit:
-                return False
-        return True
+        costs = self.costs(worst)
+        if self._seconds is not None and self.spent.wall_seconds >= self._seconds:
+            return False
+        return all(
+            value(self.spent) + self.in_flight[i] + costs[i] <= limit for i, value, limit in self._checks
+        )
 
     def reserve(self, worst: Ledger) -> bool:
-        if not self.fits(worst):
-            return False
-        self.reserved.add(worst)
-        return True
+        return self.reserve_costs(self.costs(worst))
 
     def settle(self, worst: Ledger, actual: Ledger) -> None:
         """Releases the reservation ``worst`` and books ``actual``."""
-        neg = Ledger(**{f.name: -getattr(worst, f.name) for f in fields(Ledger)})
-        self.reserved.add(neg)
+        self.release_costs(self.costs(worst))
         self.spent.add(actual)

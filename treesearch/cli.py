@@ -1,6 +1,7 @@
 """``treesearch`` command line.
 
-  treesearch run CONFIG [--set key=value]... [--out DIR|URI] [--limit N] [--resume] [--address A]
+  treesearch run CONFIG [--set key=value]... [--out DIR|URI] [--limit N] [--resume] [--retry-failed]
+                 [--address A] [--in-process]
   treesearch compare CONFIG --algorithms A,B,.. --budgets N,M,.. [--budget-unit U] [--seeds S]
                      [--limit N] [--out DIR] [--params ALGO.key=value]... [--set key=value]...
   treesearch export TREE --format json|graphml|dot|html [-o FILE]
@@ -43,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--limit", type=int, default=None, help="only the first N problems")
     run.add_argument(
         "--resume", action="store_true", help="continue the run in --out: skip finished problems"
+    )
+    run.add_argument(
+        "--retry-failed", action="store_true", help="re-run only the problems of --out that failed"
     )
     run.add_argument("--quiet", action="store_true", help="no progress line")
     run.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
@@ -160,6 +164,7 @@ def _job_command(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from treesearch.job import resolve
     from treesearch.runner import format_summary, run_job
 
     overrides = list(args.overrides)
@@ -170,17 +175,19 @@ def _run(args: argparse.Namespace) -> int:
             raise ConfigError("--limit must be >= 1")
         overrides.append(f"run.limit={args.limit}")
     cfg = load_config(args.config, overrides)
-    if args.resume and args.out is None:
-        raise ConfigError("--resume needs --out DIR (the run to continue)")
+    if (args.resume or args.retry_failed) and args.out is None:
+        raise ConfigError("--resume and --retry-failed need --out DIR (the run to continue)")
     out = args.out or str(Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     driver = None if cfg.run.in_process else _ray_driver()
-    if driver is not None:
-        driver.validate(cfg)
+    job = resolve(cfg)  # every check, once, before anything starts
+    progress = not args.quiet
     with local_run_dir(out) as local:
         if driver is None:
-            summary = run_job(cfg, local, progress=not args.quiet, resume=args.resume)
+            summary = run_job(
+                job, local, progress=progress, resume=args.resume, retry_failed=args.retry_failed
+            )
         else:
-            summary = driver.run_on_ray(cfg, local, args.address, progress=not args.quiet, resume=args.resume)
+            summary = driver.run_on_ray(job, local, args.address, progress, args.resume, args.retry_failed)
     print(format_summary(summary))
     print(f"output: {out}")
     return 0
@@ -195,6 +202,7 @@ def _numbers(text: str, what: str) -> list[float]:
 
 def _compare(args: argparse.Namespace) -> int:
     from treesearch import compare
+    from treesearch.job import resolve
     from treesearch.report import write_report
     from treesearch.runner import run_job
 
@@ -215,12 +223,13 @@ def _compare(args: argparse.Namespace) -> int:
     )
     out = Path(args.out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
     print(f"{len(cells)} runs -> {out}", file=sys.stderr)
+    job = resolve(cfg)
     if cfg.run.in_process:
         rows = compare.run_grid(
             cells, out, args.budget_unit, lambda c, d: run_job(c, d, progress=False, resume=True)
         )
     else:
-        with _ray_driver().backends_for(cfg, args.address) as b:
+        with _ray_driver().backends_for(job, args.address) as b:
             rows = compare.run_grid(
                 cells,
                 out,
@@ -228,9 +237,7 @@ def _compare(args: argparse.Namespace) -> int:
                 lambda c, d: run_job(c, d, b.generator, b.scorer, progress=False, resume=True),
             )
     compare.write_tables(rows, out)
-    from treesearch.verifiers import describe
-
-    verifier = describe(cfg.prm.backend, cfg.prm.checks, cfg.prm.reachability)[0]
+    verifier = job.verifier[0]
     report = write_report(rows, out, "treesearch " + " ".join(args.argv), note=f"verifier: {verifier}")
     print(compare.format_table(rows))
     print(f"output: {out}  (report: {report})")

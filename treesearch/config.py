@@ -25,7 +25,6 @@ import yaml
 from treesearch.algorithms import ALGORITHMS
 from treesearch.budget import Budget
 from treesearch.models import with_embedded_models
-from treesearch.selection import SELECTIONS
 
 
 class ConfigError(ValueError):
@@ -59,64 +58,56 @@ class ResourcesConfig:
     startup_timeout_s: float = 600.0  # fail (with the cause) if replicas are not up by then
     affinity_bound: int = 16  # prefix affinity holds while home load <= least load + this
     max_batch: int = 256  # requests per actor call
-    max_calls_in_flight: int = 4  # outstanding calls per replica
+    max_calls_in_flight: int = 4  # outstanding calls per replica (per search worker)
+    # A call not answered by then is re-issued to another replica and its replica restarted
+    # (a hang, not a death). None: no deadline.
+    request_timeout_s: float | None = None
 
 
 @dataclass
 class GeneratorConfig:
-    backend: str = "noisy_oracle"  # noisy_oracle (deterministic) | vllm | hf
-    model: str | None = None  # HF model dir (vllm, hf); game24: none = the embedded policy
-    error_rate: float = 0.5  # noisy_oracle: probability a proposed step is an error
+    """What every generator backend has; each backend's own fields extend it (the ``backend``
+    key picks the config class: a tagged union, see :mod:`treesearch.backends`)."""
+
+    backend: str = "noisy_oracle"  # see `treesearch.backends.GENERATORS`
     max_step_tokens: int = 48  # cap on generated tokens per step (budget worst case)
-    num_parameters: float = 1.28e6  # noisy_oracle: nominal size for FLOPs (models: read from weights)
-    temperature: float = 1.0
-    top_p: float = 1.0
-    dtype: str = "auto"  # e.g. float32 on CPU, bfloat16 on GPU
-    gpu_memory_utilization: float = 0.9  # vllm: on CPU this fraction of RAM is the KV cache
-    enforce_eager: bool = False  # vllm: skip graph capture (start ~15 s instead of 40+ on CPU)
-    max_model_len: int | None = None  # vllm
-    block_size: int | None = None  # vllm KV block size = prefix-cache granularity (CPU: multiple of 32)
-    tensor_parallel_size: int = 1  # vllm: > 1 places ranks with a placement group
-    add_special_tokens: bool = True  # tokenizer adds BOS etc. to the prompt
-    device: str = "auto"  # hf: auto | cpu | cuda
-    latency_s: float = 0.0  # noisy_oracle: simulated seconds per batch call (tests, benchmarks)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+
+    embedded: typing.ClassVar[str | None] = None  # embedded model role it defaults to (game24)
+
+    @property
+    def ranks(self) -> int:
+        """Processes (and GPUs) one replica spans (tensor parallelism)."""
+        return 1
 
 
 @dataclass
 class PRMConfig:
-    backend: str = "rule"  # rule | math_shepherd | qwen_prm | outcome_rm | mc_rollout (ORACLE)
-    engine: str = "transformers"  # transformers | vllm (math_shepherd only)
-    model: str | None = None  # HF model dir (model backends); game24 math_shepherd: none = embedded PRM
-    reachability: bool = True  # rule: also require 24 reachable (an ORACLE: a ceiling)
+    """What every PRM backend has; each backend's own fields extend it (tagged by ``backend``)."""
+
+    backend: str = "rule"  # see `treesearch.backends.PRMS`
     # Task checks multiplied into the PRM's step scores (treesearch.verifiers): "rule" (step
     # validity, legitimate) and/or "reachability" (the solver: an ORACLE). [] = the PRM alone.
     checks: list[str] = field(default_factory=list)
-    rollouts: int = 4  # mc_rollout: continuations per step (fraction correct: an ORACLE label)
-    num_parameters: float = 0.0  # rule: nominal size for FLOPs (models: read from weights)
-    step_tag: str | None = None  # math_shepherd: default "ки"
-    good_token: str | None = None  # math_shepherd: default "+"
-    bad_token: str | None = None  # math_shepherd: default "-"
-    separator: str | None = None  # qwen_prm: default "<extra_0>"
-    system_prompt: str | None = None  # qwen_prm: default: the model card's
-    dtype: str = "auto"
-    device: str = "auto"  # transformers: auto | cpu | cuda
-    trust_remote_code: bool = False  # e.g. Qwen2.5-Math-PRM's own modelling code
-    gpu_memory_utilization: float = 0.9  # vllm
-    enforce_eager: bool = False  # vllm
-    max_model_len: int | None = None  # vllm
-    latency_s: float = 0.0  # rule: simulated seconds per batch call (tests, benchmarks)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 
-    def format_args(self) -> dict[str, Any]:
-        keys = ("step_tag", "good_token", "bad_token", "separator", "system_prompt")
-        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+    embedded: typing.ClassVar[str | None] = None
 
 
 @dataclass
 class RunConfig:
     seed: int = 0  # job seed: same seed, same trees and results
-    concurrency: int = 64  # problems searched at once (their requests are batched)
+    concurrency: int = 64  # problems searched at once per engine (their requests are batched)
+    # Ray: processes that run searches. 0: the driver itself; N: N search-worker actors that
+    # pull problems from the driver; "auto": one per 64 generator replicas (at least one).
+    search_workers: int | typing.Literal["auto"] = "auto"
+    lease: int = 8  # problems a worker is handed at a time (work stealing granularity)
+    # With fewer problems than search workers, workers share each tree (MCTS: tree-parallel,
+    # the tree's `parallel` simulations in flight split among them).
+    tree_parallel: bool = True
+    # A job stops (exit 1) once more than this fraction of its problems failed (at least 2):
+    # the cause is then not one problem. Failed problems are reported and can be re-run.
+    max_failed_fraction: float = 0.25
     limit: int | None = None  # only the first N problems
     save_trees: bool = True  # write trees/<id>.msgpack
     in_process: bool = False  # True: no Ray, in-process backends only (noisy_oracle, rule)
@@ -127,8 +118,8 @@ class RunConfig:
 class JobConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     algorithm: dict[str, Any] = field(default_factory=lambda: {"name": "beam"})
-    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
-    prm: PRMConfig = field(default_factory=PRMConfig)
+    generator: GeneratorConfig = field(default_factory=lambda: _variant(GeneratorConfig, {}, "generator"))
+    prm: PRMConfig = field(default_factory=lambda: _variant(PRMConfig, {}, "prm"))
     budget: Budget = field(default_factory=Budget)
     run: RunConfig = field(default_factory=RunConfig)
 
@@ -138,20 +129,36 @@ class JobConfig:
         name = params.pop("name", None)
         if name not in ALGORITHMS:
             raise ConfigError(f"algorithm.name: {name!r} is not one of {sorted(ALGORITHMS)}")
-        cfg = build(ALGORITHMS[name].config, params, "algorithm")
-        for key in ("selection", "aggregate"):
-            value = getattr(cfg, key, None)
-            allowed = SELECTIONS if key == "selection" else SELECTIONS[:3]
-            if value is not None and value not in allowed:
-                raise ConfigError(f"algorithm.{key}: {value!r} is not one of {list(allowed)}")
-        return cfg
+        return build(ALGORITHMS[name].config, params, "algorithm", f"algorithm {name}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
+def _variant(base: type, value: Any, where: str) -> Any:
+    """A tagged section (``generator``, ``prm``): the ``backend`` key picks the config class of
+    a registered backend, and the rest must be that class's fields."""
+    from treesearch.backends import backend_for  # the registry imports this module
+
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+    name = value.get("backend", base.backend)
+    try:
+        cls = backend_for(base, name).config
+    except KeyError as e:
+        raise ConfigError(f"{where}.backend: {e.args[0]}") from e
+    return build(cls, {**value, "backend": name}, where, f"backend {name}")
+
+
 def _check(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
+    if tp in (GeneratorConfig, PRMConfig):
+        return _variant(tp, value, where)
+    if origin is typing.Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed or isinstance(value, bool) != isinstance(allowed[0], bool):
+            raise ConfigError(f"{where}: {value!r} is not one of {list(allowed)}")
+        return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in typing.get_args(tp):
             return None
@@ -199,14 +206,16 @@ def _check(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def build(cls: type, data: dict[str, Any], where: str) -> Any:
-    """Builds dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types."""
+def build(cls: type, data: dict[str, Any], where: str, owner: str = "") -> Any:
+    """Builds dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types.
+    ``owner`` names what the fields belong to in errors (e.g. ``backend vllm``)."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     at = (lambda k: f"{where}.{k}") if where else (lambda k: k)
     for key in data:
         if key not in names:
-            raise ConfigError(f"{at(key)}: unknown field (expected one of {', '.join(names)})")
+            of = f" of {owner}" if owner else ""
+            raise ConfigError(f"{at(key)}: unknown field{of} (expected one of {', '.join(names)})")
     kwargs = {k: _check(v, hints[k], at(k)) for k, v in data.items()}
     try:
         return cls(**kwargs)

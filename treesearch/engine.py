@@ -1,331 +1,95 @@
 """The async search engine: many problems concurrently, their requests batched together.
 
 Layering (after vLLM v1): the *engine* runs the loop, *algorithms* are the policy (they only
-``await ctx.expand(...)`` / ``await ctx.score(...)``), *backends* are the transport.
+``await ctx.expand(...)`` / ``await ctx.score(...)``, :mod:`treesearch.context`), *backends*
+are the transport, reached through one :class:`treesearch.batcher.Batcher`.
 
-Each problem's search is an asyncio task. Its requests go to a :class:`Batcher`, which sends
-everything pending as soon as every running search is waiting (on pending or in-flight
-work): no lockstep barrier across problems, and one backend call carries the requests of
-every problem that was ready. A search commits results to its tree in the order it asked,
-so a run is deterministic whatever order the backend answers in.
+Each problem's search is an asyncio task in one of ``concurrency`` slots. Problems come from
+a :class:`ProblemFeed`: all at once for a local run, or over time as a driver hands a search
+worker its leases. A search commits results to its tree in the order it asked, so a run is
+deterministic whatever order the backend answers in.
+
+Failure isolation: an exception inside one problem's search (a task method that raises on
+model text, a PRM answer of the wrong shape, a request that failed after its retries) marks
+that problem ``failed`` with its error; the others go on. :class:`BackendUnavailable` (a pool
+with no replica left) ends the job, and so does a job where more than ``max_failures``
+problems failed (the error is then not about one problem).
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
+from treesearch.batcher import Batcher
 from treesearch.budget import Budget, BudgetGuard, Ledger, ModelCost
-from treesearch.protocol import (
-    ExpandRequest,
-    ExpandResult,
-    GeneratedStep,
-    Generator,
-    Scorer,
-    ScoreRequest,
-    ScoreResult,
-)
+from treesearch.context import JournalEntry, ReplayDiverged, SearchContext
+from treesearch.protocol import BackendUnavailable, Generator, Scorer
+from treesearch.store import TreeStore
 from treesearch.tasks.base import Problem, Task
-from treesearch.tree import ROOT, TERMINAL, Step, Tree
+from treesearch.tree import Tree
+
+OK, FAILED, PART = "ok", "failed", "part"  # part: one worker's share of a shared tree
+GC_YOUNG = 20_000  # allocations between young-generation collections while searching
 
 
-class Batcher:
-    """Collects requests from all running searches; flushes when none can add more.
-
-    ``active`` counts searches running, ``waiting`` those whose latest submission still
-    has unanswered requests. When ``waiting == active`` nothing more can be added before
-    some result arrives, so every pending request is sent, in chunks of at most
-    ``max_batch``. ``waiting`` drops the moment a submission's last result is delivered
-    (not when its search resumes), so searches woken by one batch are all counted as
-    runnable and their next requests travel together.
-    """
-
-    def __init__(self, generator: Generator, scorer: Scorer, max_batch: int = 4096, lockstep: bool = False):
-        self.generator, self.scorer, self.max_batch = generator, scorer, max_batch
-        self.lockstep = lockstep  # baseline for benchmarks: one batch in flight at a time
-        self.active = 0
-        self.waiting = 0
-        self.generator_batches = 0
-        self.scorer_batches = 0
-        self._gen: list[_Pending] = []
-        self._score: list[_Pending] = []
-        self._inflight: set[asyncio.Task] = set()
-
-    async def generate(self, requests: Sequence[ExpandRequest]) -> list[ExpandResult]:
-        return await self._submit(self._gen, requests)
-
-    async def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
-        return await self._submit(self._score, requests)
-
-    async def _submit(self, queue: list[_Pending], requests: Sequence[Any]) -> list[Any]:
-        if not requests:
-            return []
-        loop = asyncio.get_running_loop()
-        ticket = [len(requests)]  # unanswered requests of this submission
-        futures = [loop.create_future() for _ in requests]
-        queue.extend(_Pending(r, f, ticket) for r, f in zip(requests, futures, strict=True))
-        self.waiting += 1
-        self._maybe_flush()
-        return list(await asyncio.gather(*futures))
-
-    def search_finished(self) -> None:
-        self.active -= 1
-        self._maybe_flush()
-
-    def _maybe_flush(self) -> None:
-        if self.waiting < self.active or (self.lockstep and self._inflight):
-            return
-        for queue, call in ((self._gen, self.generator.generate), (self._score, self.scorer.score)):
-            while queue:
-                chunk, queue[:] = queue[: self.max_batch], queue[self.max_batch :]
-                if queue is self._gen:
-                    self.generator_batches += 1
-                else:
-                    self.scorer_batches += 1
-                task = asyncio.ensure_future(self._resolve(call, chunk))
-                self._inflight.add(task)
-                task.add_done_callback(self._batch_done)
-
-    def _batch_done(self, task: asyncio.Task) -> None:
-        self._inflight.discard(task)
-        if self.lockstep:  # the barrier lifts when the last batch of a step returns
-            self._maybe_flush()
-
-    async def _resolve(self, call: Callable[[list], Awaitable[list]], chunk: list[_Pending]) -> None:
-        try:
-            results = await call([p.request for p in chunk])
-            if len(results) != len(chunk):
-                raise RuntimeError(f"backend returned {len(results)} results for {len(chunk)} requests")
-        except BaseException as e:  # hand the failure to every waiting search
-            results, error = None, e
-        else:
-            error = None
-        for i, p in enumerate(chunk):
-            if p.future.done():  # its search was cancelled (a sibling failed, or shutdown)
-                pass
-            elif error is not None:
-                p.future.set_exception(error)
-            else:
-                p.future.set_result(results[i])
-            p.ticket[0] -= 1
-            if p.ticket[0] == 0:
-                self.waiting -= 1
+class JobFailed(RuntimeError):
+    """More problems failed than the job allows: the cause is not one problem."""
 
 
-@dataclass(slots=True)
-class _Pending:
-    request: Any
-    future: asyncio.Future
-    ticket: list[int]
-
-
-@dataclass
-class SearchContext:
-    """Everything an algorithm may touch: its tree, its problem, and two asks.
-
-    Attributes:
-      tree: the problem's search tree (the algorithm reads it and calls its MCTS ops).
-      exhausted: set once the budget refused (part of) a request; algorithms then finish
-        with what the tree holds.
-    """
+class Lease(NamedTuple):
+    """A problem handed to an engine, with the journal of an earlier attempt to replay; or, with
+    ``store``, a share of a tree several workers search (:mod:`treesearch.shared_tree`)."""
 
     problem: Problem
-    task: Task
-    tree: Tree
-    batcher: Batcher
-    guard: BudgetGuard
-    cost: ModelCost
-    max_step_tokens: int
-    exhausted: bool = False
-    _started: float = field(default_factory=time.perf_counter)
-    _expansions: dict[int, int] = field(default_factory=dict)
+    journal: tuple[JournalEntry, ...] = ()
+    store: Any = None
 
-    @property
-    def ledger(self) -> Ledger:
-        return self.guard.spent
 
-    @property
-    def question(self) -> str | None:
-        """The raw question for PRM inputs (tasks with chat-templated prompts set it)."""
-        return self.problem.data.get("question")
+class ProblemFeed:
+    """Problems handed to an engine over time; ``close()`` says no more will come."""
 
-    def _tick(self) -> None:
-        self.guard.spent.wall_seconds = time.perf_counter() - self._started
+    def __init__(self, items: Iterable[Problem | Lease] = (), closed: bool = False):
+        self._items: deque[Lease] = deque(x if isinstance(x, Lease) else Lease(x) for x in items)
+        self.closed = closed
+        self._arrived = asyncio.Event() if not closed else None
 
-    def expandable(self, node: int) -> bool:
-        return self.tree.status[node] != TERMINAL and self.tree.depth[node] < self.task.max_depth
+    def put(self, lease: Lease) -> None:
+        self._items.append(lease)
+        if self._arrived is not None:
+            self._arrived.set()
 
-    async def expand(self, nodes: Sequence[int], k: int | Sequence[int]) -> list[list[int]]:
-        """Expands each node by one step, ``k`` samples each; returns the new child ids.
+    def close(self) -> None:
+        self.closed = True
+        if self._arrived is not None:
+            self._arrived.set()
 
-        A node whose request the budget cannot afford gets fewer samples, or none (then
-        ``exhausted`` is set). Terminal nodes and nodes at the task's depth limit get none.
-        The same node may appear several times (independent samples each time).
-        """
-        ks = [k] * len(nodes) if isinstance(k, int) else list(k)
-        asks = [(n, (), want) for n, want in zip(nodes, ks, strict=True) if want > 0 and self.expandable(n)]
-        results = iter(await self._generate(asks))
-        children: list[list[int]] = []
-        for n, want in zip(nodes, ks, strict=True):
-            res = next(results) if want > 0 and self.expandable(n) else None
-            children.append([] if res is None else self._commit_expansion(n, res))
-        return children
+    def __len__(self) -> int:
+        return len(self._items)
 
-    async def continue_chains(
-        self, chains: Sequence[tuple[int, Sequence[GeneratedStep]]]
-    ) -> list[GeneratedStep | None]:
-        """One more sampled step for each (tree node, steps after it outside the tree).
+    def take(self) -> Lease | None:
+        return self._items.popleft() if self._items else None
 
-        For rollouts: nothing is added to the tree, the cost is booked. None where the
-        budget refused.
-        """
-        results = await self._generate([(n, tuple(extra), 1) for n, extra in chains])
-        return [None if r is None or not r.samples else r.samples[0] for r in results]
-
-    async def _generate(
-        self, asks: Sequence[tuple[int, tuple[GeneratedStep, ...], int]]
-    ) -> list[ExpandResult | None]:
-        """Reserves, sends and settles generation requests; None where the budget refused."""
-        self._tick()
-        delim = self.task.step_delimiter
-        plans: list[tuple[int, ExpandRequest, Ledger]] = []
-        for i, (node, extra, want) in enumerate(asks):
-            prompt_ids = tuple(self.tree.prefix_token_ids(node)) + tuple(
-                t for s in extra for t in s.token_ids
-            )
-            for n in range(want, 0, -1):  # as many samples as the budget affords
-                worst = self._worst_generation(len(prompt_ids), n)
-                if self.guard.reserve(worst):
-                    break
-                self.exhausted = True
-            else:
-                continue
-            steps = [*self.tree.steps(node), *(s.text for s in extra)]
-            prompt_text = self.tree.step_text[ROOT] + "".join(s + delim for s in steps)
-            key = (node, len(extra))
-            nonce = self._expansions.get(key, 0)
-            self._expansions[key] = nonce + 1
-            req = ExpandRequest(
-                self.problem.id, node, prompt_text, prompt_ids, n, self.max_step_tokens, delim, nonce
-            )
-            plans.append((i, req, worst))
-        out: list[ExpandResult | None] = [None] * len(asks)
-        if plans:
-            results = await self.batcher.generate([req for _, req, _ in plans])
-            for (i, _, worst), res in zip(plans, results, strict=True):
-                self.guard.settle(worst, self._generation_cost(res, 0 if asks[i][1] else len(res.samples)))
-                out[i] = res
-        self._tick()
-        return out
-
-    def _worst_generation(self, prompt_tokens: int, k: int) -> Ledger:
-        gen = k * self.max_step_tokens
-        prefill, decode = self.cost.generation(prompt_tokens, 0, gen)
-        return Ledger(
-            policy_prompt_tokens=prompt_tokens,
-            policy_generated_tokens=gen,
-            generator_calls=1,
-            nodes=k,
-            policy_prefill_flops=prefill,
-            policy_decode_flops=decode,
-        )
-
-    def _generation_cost(self, res: ExpandResult, nodes: int) -> Ledger:
-        prefill, decode = self.cost.generation(
-            res.prompt_tokens, res.cached_prompt_tokens, res.generated_tokens
-        )
-        return Ledger(
-            policy_prompt_tokens=res.prompt_tokens,
-            policy_cached_prompt_tokens=res.cached_prompt_tokens,
-            policy_generated_tokens=res.generated_tokens,
-            generator_calls=1,
-            nodes=nodes,
-            policy_prefill_flops=prefill,
-            policy_decode_flops=decode,
-        )
-
-    def _commit_expansion(self, node: int, res: ExpandResult) -> list[int]:
-        base = self.tree.steps(node)
-        steps = []
-        for s in res.samples:
-            chain = [*base, s.text]
-            terminal = (
-                s.finish_reason == "eos"
-                or self.task.is_terminal(self.problem, chain)
-                or len(chain) >= self.task.max_depth
-            )
-            steps.append(Step(s.text, s.token_ids, s.logprob, terminal))
-        ids = self.tree.add_children(node, steps, res.replica)
-        for child, step in zip(ids, steps, strict=True):
-            if step.terminal:
-                self.tree.answer[child] = self.task.extract_answer(self.problem, [*base, step.text])
-        return ids
-
-    async def score(self, nodes: Sequence[int]) -> list[float]:
-        """PRM scores of each node's last step, in [0, 1] (NaN/inf mapped to 0 and counted).
-
-        Already-scored nodes are not sent again. Scores of every step on the chain are
-        written into the tree. Nodes the budget cannot afford keep NaN (``exhausted`` set).
-        """
-        todo = [n for n in dict.fromkeys(nodes) if n != ROOT and math.isnan(self.tree.prm_score[n])]
-        reqs = [
-            ScoreRequest(
-                self.problem.id, n, self.tree.step_text[ROOT], tuple(self.tree.steps(n)), self.question
-            )
-            for n in todo
-        ]
-        for node, scores in zip(todo, await self.score_chains(reqs), strict=True):
-            if scores is not None:
-                path = self.tree.path(node)[1:]
-                for n, sc in zip(path, scores, strict=True):
-                    if math.isnan(self.tree.prm_score[n]):
-                        self.tree.prm_score[n] = sc
-        return [self.tree.prm_score[n] if n != ROOT else 1.0 for n in nodes]
-
-    async def score_chains(self, requests: Sequence[ScoreRequest]) -> list[tuple[float, ...] | None]:
-        """Step scores of explicit chains (clamped to [0, 1]; NaN/inf -> 0, counted).
-
-        Nothing is written to the tree. None where the budget refused.
-        """
-        self._tick()
-        plans: list[tuple[int, Ledger]] = []
-        for i, req in enumerate(requests):
-            tokens = self.batcher.scorer.count_tokens(req)
-            worst = Ledger(prm_tokens=tokens, prm_calls=1, prm_flops=self.cost.scoring(tokens))
-            if self.guard.reserve(worst):
-                plans.append((i, worst))
-            else:
-                self.exhausted = True
-        out: list[tuple[float, ...] | None] = [None] * len(requests)
-        if plans:
-            results = await self.batcher.score([requests[i] for i, _ in plans])
-            for (i, worst), res in zip(plans, results, strict=True):
-                if len(res.step_scores) != len(requests[i].steps):
-                    raise RuntimeError(
-                        f"PRM returned {len(res.step_scores)} scores for a "
-                        f"{len(requests[i].steps)}-step chain"
-                    )
-                clean = tuple(min(1.0, max(0.0, x)) if math.isfinite(x) else 0.0 for x in res.step_scores)
-                bad = sum(not math.isfinite(x) for x in res.step_scores)
-                actual = Ledger(
-                    prm_tokens=res.tokens,
-                    prm_calls=1,
-                    prm_flops=self.cost.scoring(res.tokens),
-                    nonfinite_scores=bad,
-                )
-                self.guard.settle(worst, actual)
-                out[i] = clean
-        self._tick()
-        return out
+    async def wait(self) -> Lease | None:
+        """The next problem, waiting for one; None once the feed is closed and empty."""
+        while not self._items and not self.closed:
+            assert self._arrived is not None
+            self._arrived.clear()
+            await self._arrived.wait()
+        return self.take()
 
 
 @dataclass
 class ProblemResult:
-    """One problem's outcome. ``covered``: some terminal node of the tree is correct."""
+    """One problem's outcome. ``covered``: some terminal node of the tree is correct.
+    ``status``: ``ok``, or ``failed`` with ``error`` (then nothing else is meaningful but the
+    compute spent)."""
 
     id: str
     answer: str | None
@@ -335,10 +99,13 @@ class ProblemResult:
     nodes: int
     ledger: Ledger
     answer_score: float | None = None
+    status: str = OK
+    error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        row = {
             "id": self.id,
+            "status": self.status,
             "answer": self.answer,
             "answer_node": self.answer_node,
             "answer_score": self.answer_score,
@@ -347,9 +114,13 @@ class ProblemResult:
             "nodes": self.nodes,
             "ledger": self.ledger.to_dict(),
         }
+        if self.error is not None:
+            row["error"] = self.error
+        return row
 
 
 SearchFn = Callable[[SearchContext], Awaitable[int | None]]
+SharedSearchFn = Callable[[SearchContext, Any], Awaitable[None]]
 
 
 def evaluate(
@@ -373,8 +144,54 @@ def evaluate(
     )
 
 
+def failed(problem: Problem, error: BaseException, tree: Tree, ledger: Ledger) -> ProblemResult:
+    """A problem whose search raised: its error, and the compute it spent."""
+    return ProblemResult(
+        id=problem.id,
+        answer=None,
+        answer_node=None,
+        correct=False,
+        covered=False,
+        nodes=len(tree) - 1,
+        ledger=ledger,
+        status=FAILED,
+        error=f"{type(error).__name__}: {error}",
+    )
+
+
+@dataclass
+class EngineCounters:
+    """What one engine run did. ``cpu_seconds``: CPU time of the thread running the loop
+    (the engine, the algorithms, the transports' client side), so ``cpu_us_per_node`` is the
+    orchestration cost of a tree node."""
+
+    generator_batches: int = 0
+    prm_batches: int = 0
+    nodes: int = 0
+    cpu_seconds: float = 0.0
+    failed: int = 0
+    replayed: int = 0
+    replay_restarts: int = 0
+
+    @property
+    def cpu_us_per_node(self) -> float:
+        return 1e6 * self.cpu_seconds / self.nodes if self.nodes else 0.0
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "generator_batches": self.generator_batches,
+            "prm_batches": self.prm_batches,
+            "engine_nodes": self.nodes,
+            "engine_cpu_seconds": round(self.cpu_seconds, 4),
+            "engine_cpu_us_per_node": round(self.cpu_us_per_node, 2),
+            "failed": self.failed,
+            "replayed": self.replayed,
+            "replay_restarts": self.replay_restarts,
+        }
+
+
 async def run_problems(
-    problems: Sequence[Problem],
+    problems: Sequence[Problem] | ProblemFeed,
     task: Task,
     search: SearchFn,
     generator: Generator,
@@ -384,44 +201,123 @@ async def run_problems(
     concurrency: int = 64,
     on_result: Callable[[ProblemResult, Tree], None] | None = None,
     lockstep: bool = False,
-) -> tuple[list[ProblemResult], Ledger, dict[str, int]]:
+    max_failures: int | None = None,
+    store: TreeStore | None = None,
+    record: bool = False,
+    shared_search: SharedSearchFn | None = None,
+) -> tuple[list[ProblemResult], Ledger, EngineCounters]:
     """Runs ``search`` on every problem, ``concurrency`` at a time, batching their requests.
 
-    Returns the results (in ``problems`` order), the job ledger, and batch counters.
-    ``on_result`` is called as each problem finishes (for streaming output). ``lockstep``
-    runs the baseline that advances every problem one request at a time, waiting for the whole
-    batch (the pattern of search-and-learn / OpenR), for benchmarks.
+    Returns the results (in ``problems`` order for a sequence, in finishing order for a
+    feed), the job ledger and the engine's counters. ``on_result`` is called as each problem
+    finishes (streaming output). ``store`` holds the trees while they are searched (a worker
+    snapshots it); with ``record`` each problem's journal is kept there too. ``lockstep``
+    runs the baseline that advances every problem one request at a time, waiting for the
+    whole batch (the pattern of search-and-learn / OpenR), for benchmarks. A lease with a
+    ``store`` runs ``shared_search`` on the shared tree and ends as a ``part`` result (its
+    compute; the tree and the answer are the store's).
     """
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    gc.freeze()  # setup's objects (solver memo tables, datasets) never enter a GC pass again
+    # Requests and answers are short-lived: a larger young generation lets them die by
+    # refcount before a collection walks them (~15% of the engine's CPU at 700).
+    thresholds = gc.get_threshold()
+    gc.set_threshold(max(thresholds[0], GC_YOUNG), *thresholds[1:])
+    cpu0 = time.thread_time()
+    feed = problems if isinstance(problems, ProblemFeed) else ProblemFeed(problems, closed=True)
+    order = {} if isinstance(problems, ProblemFeed) else {p.id: i for i, p in enumerate(problems)}
+    store = store if store is not None else TreeStore()
     batcher = Batcher(generator, scorer, lockstep=lockstep)
     cost = ModelCost(generator.num_parameters, scorer.num_parameters)
+    counters = EngineCounters()
     started = time.perf_counter()
-    results: list[ProblemResult | None] = [None] * len(problems)
-    queue = iter(enumerate(problems))
+    results: list[ProblemResult] = []
 
-    async def worker() -> None:
-        # A worker takes its next problem without yielding to the event loop, so the
-        # batcher's count of running searches stays exact between problems.
+    async def attempt(lease: Lease, replay: Sequence[JournalEntry]) -> tuple[ProblemResult, Tree]:
+        problem = lease.problem
+        guard = BudgetGuard(budget)
+        tree = store.open(problem.id, problem.prompt, generator.tokenize(problem.prompt), record, guard)
+        ctx = SearchContext(
+            problem, task, tree, batcher, guard, cost, max_step_tokens, scorer.counter,
+            store.journal(problem.id), replay,
+        )  # fmt: skip
         try:
-            for i, problem in queue:
-                tree = Tree(problem.prompt, generator.tokenize(problem.prompt), problem.id)
-                ctx = SearchContext(problem, task, tree, batcher, BudgetGuard(budget), cost, max_step_tokens)
-                node = await search(ctx)
-                ctx._tick()
-                results[i] = evaluate(problem, task, tree, node, ctx.ledger)
-                if on_result is not None:
-                    on_result(results[i], tree)
+            if lease.store is not None:
+                if shared_search is None:
+                    raise ValueError("this algorithm has no tree-parallel search")
+                await shared_search(ctx, lease.store)
+                ctx.tick()
+                return ProblemResult(problem.id, None, None, False, False, 0, ctx.ledger, status=PART), tree
+            node = await search(ctx)
+            ctx.tick()
+            return evaluate(problem, task, tree, node, ctx.ledger), tree
+        except (BackendUnavailable, ReplayDiverged):
+            raise
+        except Exception as e:  # this problem fails; the job goes on
+            ctx.tick()
+            return failed(problem, e, tree, ctx.ledger), tree
+
+    async def run_one(lease: Lease) -> None:
+        if lease.journal:
+            counters.replayed += 1
+            try:
+                result, tree = await attempt(lease, lease.journal)
+            except ReplayDiverged:  # e.g. a wall-seconds budget: start the problem afresh
+                counters.replay_restarts += 1
+                store.close(lease.problem.id)
+                result, tree = await attempt(lease, ())
+        else:
+            result, tree = await attempt(lease, ())
+        counters.nodes += result.nodes
+        results.append(result)
+        if on_result is not None:
+            on_result(result, tree)
+        store.close(result.id)
+        if result.status == FAILED:
+            counters.failed += 1
+            if max_failures is not None and counters.failed > max_failures:
+                raise JobFailed(
+                    f"{counters.failed} problems failed (more than {max_failures}); last: {result.error}"
+                )
+
+    async def slot() -> None:
+        # A slot takes its next problem without yielding to the event loop when one is
+        # there, so the batcher's count of running searches stays exact between problems.
+        try:
+            while True:
+                lease = feed.take()
+                if lease is None:
+                    if feed.closed:
+                        return
+                    batcher.park()
+                    lease = await feed.wait()
+                    if lease is None:
+                        batcher.active += 1  # balanced by the finally below
+                        return
+                    batcher.unpark()
+                await run_one(lease)
         finally:
             batcher.search_finished()
 
-    n_workers = min(concurrency, len(problems))
-    batcher.active = n_workers
-    await asyncio.gather(*(worker() for _ in range(n_workers)))
+    batcher.active = concurrency
+    slots = [asyncio.ensure_future(slot()) for _ in range(concurrency)]
+    try:
+        done, _ = await asyncio.wait(slots, return_when=asyncio.FIRST_EXCEPTION)
+        for t in done:
+            if t.exception() is not None:
+                raise t.exception()  # a job-level failure: the other searches are cancelled
+    finally:
+        for t in slots:
+            t.cancel()
+        counters.generator_batches = batcher.generator_batches
+        counters.prm_batches = batcher.scorer_batches
+        counters.cpu_seconds = time.thread_time() - cpu0
+        gc.set_threshold(*thresholds)
     job = Ledger()
     for r in results:
-        assert r is not None
         job.add(r.ledger)
     job.wall_seconds = time.perf_counter() - started
-    counters = {"generator_batches": batcher.generator_batches, "prm_batches": batcher.scorer_batches}
-    return [r for r in results if r is not None], job, counters
+    if order:
+        results.sort(key=lambda r: order[r.id])
+    return results, job, counters

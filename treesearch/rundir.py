@@ -28,7 +28,7 @@ from treesearch.config import ConfigError, JobConfig
 
 # Fields that change how a run executes, not what it computes.
 OPERATIONAL = {
-    "run": ("concurrency", "in_process", "ray_num_cpus"),
+    "run": ("concurrency", "in_process", "ray_num_cpus", "search_workers", "lease", "max_failed_fraction"),
     "generator": ("resources", "latency_s"),
     "prm": ("resources", "latency_s"),
 }

@@ -1,11 +1,17 @@
-"""Runs a job config in-process and writes the output directory.
+"""Runs a job into its run dir: the one writer of ``results.jsonl``, trees and ``summary.json``.
 
-Output dir contract (later layers and users rely on it):
+Output dir contract (later layers and users rely on it; see :mod:`treesearch.rundir`):
   config.yaml      the resolved config
   results.jsonl    one line per problem, appended and flushed as each finishes:
-                   id, answer, correct, covered, nodes, ledger (+ answer_node, answer_score)
-  summary.json     n_problems, accuracy, coverage, algorithm, ledger (job totals), ...
+                   id, status, answer, correct, covered, nodes, ledger (+ answer_node,
+                   answer_score; failed problems: error)
+  summary.json     n_problems, failed, accuracy, coverage, algorithm, ledger (job totals), ...
   trees/<id>.msgpack   each problem's search tree (``Tree.from_msgpack``)
+
+Where the searches run is a :class:`SearchPlane`: the engine in this process
+(:class:`LocalPlane`) or search workers on Ray (``actors.fleet``). Either streams finished
+problems back as ``(row, tree bytes)``; the run dir, the progress line and the summary are
+written here and nowhere else.
 """
 
 from __future__ import annotations
@@ -14,115 +20,87 @@ import asyncio
 import dataclasses
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
-from treesearch import verifiers
-from treesearch.algorithms import ALGORITHMS
-from treesearch.backends.deterministic import NoisyOracleGenerator, RulePRM
-from treesearch.backends.mc_rollout import MonteCarloRolloutPRM
 from treesearch.budget import Ledger
 from treesearch.config import ConfigError, JobConfig
-from treesearch.engine import ProblemResult, run_problems
+from treesearch.engine import FAILED, ProblemResult, run_problems
+from treesearch.job import Job, engine_scorer, local_backends, resolve
 from treesearch.protocol import Generator, Scorer
 from treesearch.rundir import RunDir
-from treesearch.tasks.base import Problem, Task
-from treesearch.tasks.game24 import Game24
+from treesearch.tasks.base import Problem
 from treesearch.tree import Tree
 
-
-def _math_task(cfg: JobConfig) -> Task:
-    from treesearch.tasks.math import MathTask
-
-    t = cfg.task
-    if not t.path:
-        raise ConfigError("task.path: the math task needs a dataset file")
-    if not cfg.generator.model:
-        raise ConfigError("generator.model: the math task builds prompts with the policy's chat template")
-    try:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(cfg.generator.model)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"generator.model: cannot load its tokenizer: {str(e).splitlines()[0]}") from e
-    fields = {k: v for k, v in t.fields.items()}
-    unknown = set(fields) - {"question", "answer", "id"}
-    if unknown:
-        raise ConfigError(f"task.fields: unknown role(s) {sorted(unknown)} (roles: question, answer, id)")
-    return MathTask(
-        t.path,
-        tokenizer,
-        fields,
-        t.system_prompt,
-        t.delimiter,
-        t.max_steps,
-        t.answer_pattern,
-        t.chat_template,
-    )
+# (results row, tree msgpack bytes or None)
+OnResult = Callable[[dict[str, Any], bytes | None], None]
 
 
-TASKS: dict[str, Callable[[JobConfig], Task]] = {
-    "game24": lambda cfg: Game24(cfg.task.split, cfg.task.integer_only, cfg.task.csv_path),
-    "math": _math_task,
-}
+class SearchPlane(Protocol):
+    """Where a job's searches run; streams each finished problem to ``on_result``."""
+
+    async def run(
+        self, problems: Sequence[Problem], on_result: OnResult, max_failures: int
+    ) -> dict[str, Any]:
+        """Searches every problem once; returns counters for the summary."""
+        ...
 
 
-def make_task(cfg: JobConfig) -> Task:
-    if cfg.task.name not in TASKS:
-        raise ConfigError(f"task.name: {cfg.task.name!r} is not one of {sorted(TASKS)}")
-    try:
-        return TASKS[cfg.task.name](cfg)
-    except (ValueError, FileNotFoundError) as e:
-        raise ConfigError(f"task: {e}") from e
+class LocalPlane:
+    """The engine in this process, over the given transports."""
 
+    def __init__(self, job: Job, generator: Generator, scorer: Scorer, save_trees: bool = True):
+        self.job, self.generator, self.scorer, self.save_trees = job, generator, scorer, save_trees
 
-def make_local_backends(cfg: JobConfig, task: Task, problems: list[Problem]) -> tuple[Generator, Scorer]:
-    """In-process deterministic backends. Model-backed ones run on Ray (``actors.driver``)."""
-    g, p = cfg.generator, cfg.prm
-    if g.backend != "noisy_oracle":
-        raise ConfigError(f"generator.backend: {g.backend!r} is not an in-process backend (noisy_oracle)")
-    if p.backend not in ("rule", "mc_rollout"):
-        raise ConfigError(f"prm.backend: {p.backend!r} is not an in-process backend (rule, mc_rollout)")
-    if not isinstance(task, Game24):
-        raise ConfigError("generator.backend: noisy_oracle and the rule PRM support task game24 only")
-    try:
-        gen = NoisyOracleGenerator(g.error_rate, cfg.run.seed, g.num_parameters, g.latency_s)
-    except ValueError as e:
-        raise ConfigError(f"generator: {e}") from e
-    if p.backend == "mc_rollout":
-        return gen, mc_rollout_prm(cfg, gen, task, problems)
-    return gen, RulePRM(task, p.reachability, p.num_parameters)
+    async def run(
+        self, problems: Sequence[Problem], on_result: OnResult, max_failures: int
+    ) -> dict[str, Any]:
+        def done(result: ProblemResult, tree: Tree) -> None:
+            on_result(result.to_json(), tree.to_msgpack() if self.save_trees else None)
 
-
-def mc_rollout_prm(cfg: JobConfig, generator: Generator, task: Task, problems: list[Problem]) -> Scorer:
-    try:
-        return MonteCarloRolloutPRM(
-            generator, task, problems, cfg.prm.rollouts, cfg.generator.max_step_tokens
+        cfg = self.job.cfg
+        _, _, counters = await run_problems(
+            list(problems),
+            self.job.task,
+            self.job.search(),
+            self.generator,
+            self.scorer,
+            cfg.budget,
+            cfg.generator.max_step_tokens,
+            cfg.run.concurrency,
+            done,
+            max_failures=max_failures,
         )
-    except ValueError as e:
-        raise ConfigError(f"prm: {e}") from e
+        return counters.to_dict()
 
 
-def select_problems(task: Task, limit: int | None) -> list[Problem]:
-    problems = task.problems()
-    return problems[:limit] if limit is not None else problems
+def max_failures(cfg: JobConfig, n_problems: int) -> int:
+    """Failed problems a job tolerates before it stops (``run.max_failed_fraction``, >= 2)."""
+    return max(2, int(cfg.run.max_failed_fraction * n_problems))
 
 
 def summarize(
-    cfg: JobConfig, rows: list[dict[str, Any]], wall_seconds: float, extra: dict[str, Any]
+    job: Job, rows: list[dict[str, Any]], wall_seconds: float, extra: dict[str, Any]
 ) -> dict[str, Any]:
-    """Totals over finished problems (``results.jsonl`` rows): every session of a resumed run."""
-    n = len(rows)
-    job = Ledger()
+    """Totals over finished problems (``results.jsonl`` rows): every session of a resumed run.
+
+    Failed problems are counted apart and left out of accuracy and coverage; their compute
+    is in the ledger (it was spent)."""
+    cfg = job.cfg
+    ok = [r for r in rows if r.get("status", "ok") != FAILED]
+    n = len(ok)
+    total = Ledger()
     for r in rows:
-        job.add(Ledger.from_dict(r["ledger"]))
-    job.wall_seconds = wall_seconds
-    verifier, oracle = verifiers.describe(cfg.prm.backend, cfg.prm.checks, cfg.prm.reachability)
+        total.add(Ledger.from_dict(r["ledger"]))
+    total.wall_seconds = wall_seconds
+    verifier, oracle = job.verifier
     return {
         "n_problems": n,
-        "accuracy": sum(r["correct"] for r in rows) / n if n else 0.0,
-        "coverage": sum(r["covered"] for r in rows) / n if n else 0.0,
+        "failed": len(rows) - n,
+        "failed_ids": sorted(r["id"] for r in rows if r.get("status") == FAILED),
+        "accuracy": sum(r["correct"] for r in ok) / n if n else 0.0,
+        "coverage": sum(r["covered"] for r in ok) / n if n else 0.0,
         "algorithm": cfg.algorithm["name"],
         "task": cfg.task.name,
         "split": cfg.task.split,
@@ -130,8 +108,8 @@ def summarize(
         "budget": {k: v for k, v in dataclasses.asdict(cfg.budget).items() if v is not None},
         "verifier": verifier,
         "oracle_verifier": oracle,
-        "mean_nodes": sum(r["nodes"] for r in rows) / n if n else 0.0,
-        "ledger": job.to_dict(),
+        "mean_nodes": sum(r["nodes"] for r in ok) / n if n else 0.0,
+        "ledger": total.to_dict(),
         **extra,
     }
 
@@ -146,11 +124,11 @@ class Progress:
         self.started = time.perf_counter()
         self.tty = stream.isatty()
 
-    def update(self, result: ProblemResult) -> None:
+    def update(self, row: dict[str, Any]) -> None:
         self.done += 1
         self.new += 1
-        self.correct += result.correct
-        self.tokens += result.ledger.policy_generated_tokens
+        self.correct += bool(row["correct"])
+        self.tokens += row["ledger"]["policy_generated_tokens"]
         if self.tty or self.done == self.total or self.done % max(1, self.total // 10) == 0:
             dt = max(1e-9, time.perf_counter() - self.started)
             line = (
@@ -164,70 +142,57 @@ class Progress:
 
 
 def run_job(
-    cfg: JobConfig,
+    cfg: JobConfig | Job,
     out: Path,
     generator: Generator | None = None,
     scorer: Scorer | None = None,
     progress: bool = True,
     resume: bool = False,
+    retry_failed: bool = False,
+    plane: SearchPlane | None = None,
+    extra: Callable[[], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Runs ``cfg`` (in-process backends unless given) into ``out``; returns the summary.
+    """Runs a job into ``out``; returns the summary.
 
-    With ``resume``, problems already in ``out/results.jsonl`` are skipped (see
-    :mod:`treesearch.rundir`).
+    The searches run on ``plane`` if given, else in this process over ``generator`` /
+    ``scorer`` (replica transports), else over the job's in-process backends. With ``resume``,
+    problems already in ``out/results.jsonl`` are skipped (see :mod:`treesearch.rundir`);
+    ``retry_failed`` re-runs the ones that failed and nothing else. ``extra()`` adds figures
+    known once the searches are done (e.g. dispatch counters) to the summary.
     """
-    task = make_task(cfg)
-    algo = ALGORITHMS[cfg.algorithm["name"]]
-    algo_cfg = cfg.algorithm_config()
-    try:
-        problems = select_problems(task, cfg.run.limit)
-    except (ValueError, FileNotFoundError) as e:
-        raise ConfigError(f"task: {e}") from e
-    if not problems:
-        raise ConfigError("task: the selected split holds no problems")
-    if generator is None:
-        generator, scorer = make_local_backends(cfg, task, problems)
-    elif scorer is None and cfg.prm.backend == "mc_rollout":
-        scorer = mc_rollout_prm(cfg, generator, task, problems)
-    if scorer is None:
-        raise ValueError("run_job: a generator was given without a scorer")
-    try:
-        scorer = verifiers.compose(scorer, task, cfg.prm.checks, problems)
-    except ValueError as e:
-        raise ConfigError(f"prm.checks: {e}") from e
-    rundir = RunDir(out, cfg, resume)
-    todo = [p for p in problems if p.id not in rundir.finished]
-    bar = Progress(len(problems), done=len(problems) - len(todo)) if progress else None
+    job = cfg if isinstance(cfg, Job) else resolve(cfg)
+    if plane is None:
+        if generator is None:
+            generator, scorer = local_backends(job)
+        else:
+            scorer = engine_scorer(job, generator, scorer)
+        plane = LocalPlane(job, generator, scorer, job.cfg.run.save_trees)
+    rundir = RunDir(out, job.cfg, resume or retry_failed)
+    if retry_failed:
+        todo = [p for p in job.problems if rundir.finished.get(p.id, {}).get("status") == FAILED]
+    else:
+        todo = [p for p in job.problems if p.id not in rundir.finished]
+    bar = Progress(len(job.problems), done=len(job.problems) - len(todo)) if progress else None
 
-    def on_result(result: ProblemResult, tree: Tree) -> None:
-        rundir.problem_done(result.to_json(), tree.to_msgpack())
+    def on_result(row: dict[str, Any], tree: bytes | None) -> None:
+        rundir.problem_done(row, tree)
         if bar is not None:
-            bar.update(result)
-
-    async def search(ctx):
-        return await algo.run(ctx, algo_cfg)
+            bar.update(row)
 
     started = time.perf_counter()
-    counters: dict[str, int] = {}
+    counters: dict[str, Any] = {}
     if todo:
-        _, _, counters = asyncio.run(
-            run_problems(
-                todo,
-                task,
-                search,
-                generator,
-                scorer,
-                cfg.budget,
-                cfg.generator.max_step_tokens,
-                cfg.run.concurrency,
-                on_result,
-            )
-        )
+        counters = asyncio.run(plane.run(todo, on_result, max_failures(job.cfg, len(job.problems))))
     session = time.perf_counter() - started
-    ids = {p.id for p in problems}
+    ids = {p.id for p in job.problems}
     rows = [r for pid, r in rundir.finished.items() if pid in ids]
-    extra = {**counters, "sessions": len(rundir.meta["sessions"]), "config_hash": rundir.hash}
-    summary = summarize(cfg, rows, rundir.wall_seconds + session, extra)
+    meta = {
+        **counters,
+        **(extra() if extra else {}),
+        "sessions": len(rundir.meta["sessions"]),
+        "config_hash": rundir.hash,
+    }
+    summary = summarize(job, rows, rundir.wall_seconds + session, meta)
     rundir.finish(summary, session)
     return summary
 
@@ -239,6 +204,12 @@ def format_summary(summary: dict[str, Any]) -> str:
         ("algorithm", summary["algorithm"]),
         ("verifier", summary.get("verifier", "?")),
         ("problems", summary["n_problems"]),
+    ]
+    if summary.get("failed"):
+        rows.append(
+            ("failed (not in accuracy)", f"{summary['failed']}: {', '.join(summary['failed_ids'][:5])}")
+        )
+    rows += [
         ("accuracy", f"{summary['accuracy']:.1%}"),
         ("coverage", f"{summary['coverage']:.1%}"),
         ("selection gap", f"{summary['coverage'] - summary['accuracy']:.1%}"),
@@ -255,3 +226,6 @@ def format_summary(summary: dict[str, Any]) -> str:
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+__all__ = ["ConfigError", "LocalPlane", "SearchPlane", "format_summary", "run_job", "summarize"]

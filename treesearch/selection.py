@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Literal
 
-from treesearch.tree import Tree
+from treesearch.tree import NO_PARENT, Tree
 
 Aggregate = Literal["last", "min", "prod"]
 Selection = Literal["last", "min", "prod", "vote", "weighted_vote"]
@@ -35,6 +35,9 @@ AGGREGATES: dict[str, Callable[[list[float]], float]] = {
 
 def chain_score(tree: Tree, node: int, aggregate: str = "last") -> float:
     """Aggregated PRM score of the chain root..node."""
+    if aggregate == "last":  # the common case needs no walk up the tree
+        s = tree.prm_score[node] if tree.parent[node] != NO_PARENT else math.nan
+        return 0.0 if s != s else s  # NaN (unscored) counts as 0
     return AGGREGATES[aggregate](_step_scores(tree, node))
 
 

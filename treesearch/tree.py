@@ -137,8 +137,26 @@ class Tree:
             raise IndexError(f"no node {parent} in a tree of {len(self)} nodes")
         if self.status[parent] == TERMINAL:
             raise ValueError(f"node {parent} is terminal and cannot be expanded")
-        priors = softmax([s.logprob for s in steps])
-        ids = [self._append(parent, s, p, replica) for s, p in zip(steps, priors, strict=True)]
+        k = len(steps)
+        first = len(self.parent)
+        # one extend per field (this is the engine's hot path: a node is 15 field writes)
+        self.parent.extend([parent] * k)
+        self.depth.extend([self.depth[parent] + 1] * k)
+        self.visits.extend([0] * k)
+        self.value_sum.extend([0.0] * k)
+        self.virtual_loss.extend([0] * k)
+        self.logprob.extend([s.logprob for s in steps])
+        self.prior.extend(softmax([s.logprob for s in steps]))
+        self.prm_score.extend([math.nan] * k)
+        self.status.extend([TERMINAL if s.terminal else OPEN for s in steps])
+        self.created_step.extend([self.commits] * k)
+        self.replica.extend([replica] * k)
+        self.step_text.extend([s.text for s in steps])
+        self.token_ids.extend([tuple(s.token_ids) for s in steps])
+        self.answer.extend([None] * k)
+        self.children.extend([] for _ in range(k))
+        ids = list(range(first, first + k))
+        self.children[parent].extend(ids)
         self.commits += 1
         return ids
 
@@ -190,6 +208,26 @@ class Tree:
         while node != NO_PARENT:
             self.visits[node] += 1
             self.value_sum[node] += value
+            self.virtual_loss[node] -= virtual_loss
+            node = self.parent[node]
+
+    def backup_expansion(
+        self, leaf: int, children: Sequence[int], values: Sequence[float], virtual_loss: int = 1
+    ) -> None:
+        """Backs up one expansion of ``leaf`` at once: each child gets one visit of its value,
+        the path root..leaf gets ``len(children)`` visits and their values' sum, and loses
+        ``virtual_loss`` (the same as one :meth:`backup` per child, in one walk up)."""
+        total = 0.0
+        for child, value in zip(children, values, strict=True):
+            if not math.isfinite(value):
+                raise ValueError(f"backup value must be finite, got {value}")
+            self.visits[child] += 1
+            self.value_sum[child] += value
+            total += value
+        k, node = len(children), leaf
+        while node != NO_PARENT:
+            self.visits[node] += k
+            self.value_sum[node] += total
             self.virtual_loss[node] -= virtual_loss
             node = self.parent[node]
 

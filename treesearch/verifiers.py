@@ -16,6 +16,7 @@ so the ledger counts only the inner PRM's tokens.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from treesearch.protocol import Scorer, ScoreRequest, ScoreResult
 from treesearch.tasks.base import Problem, Task
@@ -49,17 +50,19 @@ def check_checks(task: Task, checks: Sequence[str]) -> None:
         raise ValueError(f"task {task.name} has no solver (reachability)")
 
 
-def describe(backend: str, checks: Sequence[str], reachability: bool = False) -> tuple[str, bool]:
-    """``(label, is_oracle)`` of a verifier: e.g. ``("math_shepherd x rule", False)``.
+def describe(prm: Any, backend_oracle: bool) -> tuple[str, bool]:
+    """``(label, is_oracle)`` of a job's verifier (its ``prm`` config section): e.g.
+    ``("math_shepherd x rule", False)``.
 
-    ``reachability`` is the rule backend's own switch (rule + solver). Oracles: the solver's
-    reachability in any form, and Monte-Carlo rollouts graded against the answer.
+    ``backend_oracle``: the backend itself reads the ground truth (Monte-Carlo rollouts graded
+    against the answer, the rule backend with its solver reachability). Oracles are marked in
+    the label: a ceiling, never a real verifier.
     """
-    parts = [backend, *checks]
-    if backend == "rule" and reachability:
-        parts.insert(1, "reachability")
+    parts = [prm.backend, *prm.checks]
+    if prm.backend == "rule" and backend_oracle:
+        parts.insert(1, "reachability")  # the rule backend's own solver switch
     label = " x ".join(dict.fromkeys(parts))  # rule x rule reads once
-    oracle = backend == "mc_rollout" or "reachability" in parts
+    oracle = backend_oracle or "reachability" in parts
     return (f"{label} (ORACLE: a ceiling)" if oracle else label), oracle
 
 
@@ -75,18 +78,22 @@ class ProductScorer:
         check_checks(task, checks)
         self.inner, self.task, self.checks = inner, task, tuple(checks)
         self.num_parameters = inner.num_parameters
+        self.counter = inner.counter
         self._problems = {p.id: p for p in problems}
-
-    def count_tokens(self, request: ScoreRequest) -> int:
-        return self.inner.count_tokens(request)
 
     async def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         results = await self.inner.score(requests)
         out = []
         for req, res in zip(requests, results, strict=True):
-            keep = passes(self.task, self._problems[req.problem_id], req.steps, self.checks)
-            scores = tuple(s if k else 0.0 for s, k in zip(res.step_scores, keep, strict=True))
-            out.append(ScoreResult(scores, res.tokens))
+            if res.refused:
+                out.append(res)
+                continue
+            problem = self._problems[req.problem_id]
+            scores = []
+            for chain, chain_scores in zip(req.chains, res.scores, strict=True):
+                keep = passes(self.task, problem, chain, self.checks)
+                scores.append(tuple(s if k else 0.0 for s, k in zip(chain_scores, keep, strict=True)))
+            out.append(ScoreResult(tuple(scores), res.tokens))
         return out
 
 

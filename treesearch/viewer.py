@@ -72,7 +72,7 @@ class RunData:
             self.summary = json.loads((run_dir / "summary.json").read_text())
         self.checker = correctness_checker(
             build(JobConfig, yaml.safe_load((run_dir / "config.yaml").read_text()), "")
-        )
+        ) or (lambda tree: None)
 
     def doc(self, tree: Tree) -> dict[str, Any]:
         return to_json_doc(tree, self.rows.get(tree.problem_id), self.checker(tree) if self.checker else None)
@@ -98,17 +98,17 @@ def run_payload(run_dir: Path, name: str | None = None) -> dict[str, Any]:
 
 
 def correctness_checker(cfg):
-    """tree -> (steps -> correct) for the run's task, from the prompt (Game of 24: the numbers)."""
-    from treesearch.runner import make_task
+    """tree -> (steps -> correct) for the run's task, from the prompt (Game of 24: the numbers);
+    None for tasks whose ground truth is not in the tree."""
     from treesearch.tasks.game24 import Game24
 
-    task = make_task(cfg)
+    if cfg.task.name != "game24":
+        return None
+    task = Game24(cfg.task.split, cfg.task.integer_only, cfg.task.csv_path)
 
     def for_tree(tree: Tree):
-        if isinstance(task, Game24):
-            problem = Game24.problem([int(x) for x in tree.step_text[0].split()])
-            return lambda steps: task.is_correct(problem, steps)
-        return None
+        problem = Game24.problem([int(x) for x in tree.step_text[0].split()])
+        return lambda steps: task.is_correct(problem, steps)
 
     return for_tree
 

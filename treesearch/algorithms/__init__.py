@@ -9,18 +9,21 @@ from typing import Any
 from treesearch.algorithms.beam import BeamConfig, beam_search
 from treesearch.algorithms.best_of_n import BestOfNConfig, best_of_n
 from treesearch.algorithms.dvts import DVTSConfig, dvts
-from treesearch.algorithms.mcts import MCTSConfig, mcts
+from treesearch.algorithms.mcts import MCTSConfig, mcts, mcts_shared
 from treesearch.algorithms.tot_bfs import ToTBFSConfig, tot_bfs
 from treesearch.algorithms.tot_dfs import ToTDFSConfig, tot_dfs
 
 
 @dataclass(frozen=True)
 class Algorithm:
-    """A search algorithm: its typed config and ``run(ctx, config) -> chosen node``."""
+    """A search algorithm: its typed config and ``run(ctx, config) -> chosen node``; ``shared``:
+    ``shared(ctx, config, store)``, one worker's part of a search of a tree several workers
+    share (tree-parallel), for algorithms that have one."""
 
     name: str
     config: type
     run: Callable[[Any, Any], Awaitable[int | None]]
+    shared: Callable[[Any, Any, Any], Awaitable[None]] | None = None
 
 
 ALGORITHMS: dict[str, Algorithm] = {
@@ -31,7 +34,7 @@ ALGORITHMS: dict[str, Algorithm] = {
         Algorithm("dvts", DVTSConfig, dvts),
         Algorithm("tot_bfs", ToTBFSConfig, tot_bfs),
         Algorithm("tot_dfs", ToTDFSConfig, tot_dfs),
-        Algorithm("mcts", MCTSConfig, mcts),
+        Algorithm("mcts", MCTSConfig, mcts, mcts_shared),
     )
 }
 

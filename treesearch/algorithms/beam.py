@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from treesearch.engine import SearchContext
-from treesearch.selection import chain_score, drop_duplicates, select_answer
+from treesearch.context import SearchContext
+from treesearch.selection import Aggregate, Selection, chain_score, drop_duplicates, select_answer
 from treesearch.tree import ROOT, TERMINAL
 
 
@@ -33,8 +33,8 @@ class BeamConfig:
     width: int = 4  # chains kept per depth
     expansions: int = 4  # samples per kept chain per depth
     root_expansions: int = 0  # samples at the root; 0 means width * expansions
-    selection: str = "last"  # how the final answer is chosen among finished chains
-    aggregate: str = "last"  # chain score used to rank beams
+    selection: Selection = "last"  # how the final answer is chosen among finished chains
+    aggregate: Aggregate = "last"  # chain score used to rank beams
     dedup: bool = False  # merge identical chains before ranking (they would share slots)
 
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from treesearch.engine import SearchContext
-from treesearch.selection import select_answer
+from treesearch.context import SearchContext
+from treesearch.selection import Aggregate, Selection, select_answer
 from treesearch.tree import ROOT, TERMINAL
 
 
@@ -27,8 +27,8 @@ from treesearch.tree import ROOT, TERMINAL
 class BestOfNConfig:
     n: int = 16  # chains to sample at most
     wave: int = 0  # chains started together; 0 means all n at once
-    selection: str = "prod"  # last | min | prod | vote | weighted_vote
-    aggregate: str = "prod"  # chain score used by weighted_vote and tie-breaks
+    selection: Selection = "prod"  # last | min | prod | vote | weighted_vote
+    aggregate: Aggregate = "prod"  # chain score used by weighted_vote and tie-breaks
 
 
 async def best_of_n(ctx: SearchContext, cfg: BestOfNConfig) -> int | None:

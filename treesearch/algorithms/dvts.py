@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from treesearch.engine import SearchContext
-from treesearch.selection import best_by_score, select_answer
+from treesearch.context import SearchContext
+from treesearch.selection import Aggregate, Selection, best_by_score, select_answer
 from treesearch.tree import ROOT, TERMINAL
 
 
@@ -25,8 +25,8 @@ from treesearch.tree import ROOT, TERMINAL
 class DVTSConfig:
     n_subtrees: int = 4  # independent subtrees (search-and-learn: n / beam_width)
     expansions: int = 4  # samples per head per depth (search-and-learn: beam_width)
-    selection: str = "last"  # how the final answer is chosen among finished chains
-    aggregate: str = "last"  # chain score used to pick each subtree's best child
+    selection: Selection = "last"  # how the final answer is chosen among finished chains
+    aggregate: Aggregate = "last"  # chain score used to pick each subtree's best child
 
 
 async def dvts(ctx: SearchContext, cfg: DVTSConfig) -> int | None:

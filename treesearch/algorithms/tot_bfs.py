@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from treesearch.engine import SearchContext
-from treesearch.selection import chain_score, drop_duplicates, select_answer
+from treesearch.context import SearchContext
+from treesearch.selection import Aggregate, Selection, chain_score, drop_duplicates, select_answer
 from treesearch.tree import ROOT, TERMINAL
 
 
@@ -25,8 +25,8 @@ from treesearch.tree import ROOT, TERMINAL
 class ToTBFSConfig:
     breadth: int = 5  # states kept per depth (ToT's b)
     samples: int = 8  # proposals per kept state per depth
-    selection: str = "last"  # how the final answer is chosen among finished chains
-    aggregate: str = "last"  # chain score used as the state value
+    selection: Selection = "last"  # how the final answer is chosen among finished chains
+    aggregate: Aggregate = "last"  # chain score used as the state value
 
 
 async def tot_bfs(ctx: SearchContext, cfg: ToTBFSConfig) -> int | None:

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from treesearch.engine import SearchContext
-from treesearch.selection import chain_score, select_answer
+from treesearch.context import SearchContext
+from treesearch.selection import Aggregate, Selection, chain_score, select_answer
 from treesearch.tree import ROOT, TERMINAL
 
 
@@ -27,8 +27,8 @@ from treesearch.tree import ROOT, TERMINAL
 class ToTDFSConfig:
     samples: int = 5  # proposals per expanded state
     threshold: float = 0.5  # v_th: children valued below it are pruned
-    selection: str = "last"  # fallback choice among finished chains if none passes
-    aggregate: str = "last"  # chain score used as the state value
+    selection: Selection = "last"  # fallback choice among finished chains if none passes
+    aggregate: Aggregate = "last"  # chain score used as the state value
 
 
 async def tot_dfs(ctx: SearchContext, cfg: ToTDFSConfig) -> int | None:

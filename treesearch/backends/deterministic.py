@@ -18,14 +18,22 @@ import hashlib
 import math
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
+from treesearch.backends.registry import Backend, WorkerEnv, register
+from treesearch.config import ConfigError, GeneratorConfig, PRMConfig
 from treesearch.protocol import (
+    CountState,
     ExpandRequest,
     ExpandResult,
     GeneratedStep,
     ScoreRequest,
     ScoreResult,
+    count_ids,
+    decode_ids,
+    encode_ids,
 )
 from treesearch.tasks import game24 as g24
 from treesearch.tasks.base import Problem
@@ -112,13 +120,14 @@ class NoisyOracleGenerator:
         return [self.expand(r) for r in requests]
 
     def expand(self, req: ExpandRequest) -> ExpandResult:
-        lines = req.prompt_text.split(req.stop)
+        prompt_text = self.tokenizer.decode(decode_ids(req.prompt_ids))
+        lines = prompt_text.split(req.stop)
         numbers = [int(x) for x in lines[0].split()]
         steps = [s for s in lines[1:] if s]
         state = g24.Game24().state(Problem("", "", {"numbers": numbers}), steps)
         samples = []
         for i in range(req.k):
-            rng = stable_rng(self.seed, req.prompt_text, req.node, req.nonce, i)
+            rng = stable_rng(self.seed, prompt_text, req.node, req.nonce, i)
             text, good = self._propose(state, rng)
             ids = self.tokenizer.encode(text + req.stop)
             if len(ids) > req.max_tokens:
@@ -128,13 +137,14 @@ class NoisyOracleGenerator:
                 finish = "stop"
             # Good moves are likelier under the "policy": informative but noisy priors.
             p = (0.6 if good else 0.25) * rng.uniform(0.5, 1.0)
-            samples.append(GeneratedStep(text, tuple(ids), math.log(p), finish))
-        cached = self.cache.lookup_and_insert(req.prompt_text)
+            samples.append(GeneratedStep(text, encode_ids(ids), math.log(p), finish))
+        cached = self.cache.lookup_and_insert(prompt_text)
+        prompt_tokens = count_ids(req.prompt_ids)
         return ExpandResult(
             samples=tuple(samples),
-            prompt_tokens=len(req.prompt_token_ids),
-            cached_prompt_tokens=min(cached, len(req.prompt_token_ids)),
-            generated_tokens=sum(len(s.token_ids) for s in samples),
+            prompt_tokens=prompt_tokens,
+            cached_prompt_tokens=min(cached, prompt_tokens),
+            generated_tokens=sum(count_ids(s.token_ids) for s in samples),
             replica=self.replica,
         )
 
@@ -176,25 +186,115 @@ class NoisyOracleGenerator:
         return m.text()  # a legal move, possibly a dead end
 
 
+class ByteCounter:
+    """PRM-token counts as UTF-8 bytes of prompt + steps + delimiters (exact, additive)."""
+
+    def __init__(self, delimiter: str):
+        self.delimiter_bytes = len(delimiter.encode())
+
+    def root(self, question: str, prompt: str) -> CountState:
+        return (len(question.encode()),)
+
+    def extend(self, state: CountState, step: str) -> CountState:
+        return (state[0] + len(step.encode()) + self.delimiter_bytes,)
+
+    def rebase(self, state: CountState, exact: int) -> CountState:
+        return (exact,)
+
+
 class RulePRM:
     """The task's rule verifier as a PRM; with ``reachability`` the solver oracle too.
 
     Scores are in {0, 1}; tokens counted as the UTF-8 bytes of prompt + steps + delimiters.
+    ``latency_s``: simulated seconds per batch call (tests, benchmarks).
     """
 
-    def __init__(self, task: g24.Game24, reachability: bool = True, num_parameters: float = 0.0):
+    def __init__(
+        self,
+        task: g24.Game24,
+        reachability: bool = True,
+        num_parameters: float = 0.0,
+        latency_s: float = 0.0,
+    ):
         self.task, self.reachability = task, reachability
-        self.num_parameters = num_parameters
+        self.num_parameters, self.latency_s = num_parameters, latency_s
+        self.counter = ByteCounter(task.step_delimiter)
+        self._checks = ("rule", "reachability") if reachability else ("rule",)
 
-    def count_tokens(self, request: ScoreRequest) -> int:
+    def count_tokens(self, question: str, steps: Sequence[str]) -> int:
         d = self.task.step_delimiter
-        return len((request.prompt + "".join(s + d for s in request.steps)).encode())
+        return len((question + "".join(s + d for s in steps)).encode())
 
     async def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
         return [self.score_one(r) for r in requests]
 
     def score_one(self, req: ScoreRequest) -> ScoreResult:
-        problem = Problem("", req.prompt, {"numbers": [int(x) for x in req.prompt.split()]})
-        checks = ("rule", "reachability") if self.reachability else ("rule",)
-        scores = tuple(float(ok) for ok in passes(self.task, problem, req.steps, checks))
-        return ScoreResult(scores, self.count_tokens(req))
+        tokens = tuple(self.count_tokens(req.question, chain) for chain in req.chains)
+        if req.max_tokens and sum(tokens) > req.max_tokens:
+            return ScoreResult((), tokens, refused=True)
+        problem = Problem("", req.question, {"numbers": [int(x) for x in req.question.split()]})
+        scores = tuple(
+            tuple(float(ok) for ok in passes(self.task, problem, chain, self._checks)) for chain in req.chains
+        )
+        return ScoreResult(scores, tokens)
+
+
+# ----------------------------------------------------------------------------- registration
+@dataclass
+class NoisyOracleConfig(GeneratorConfig):
+    """``generator: {backend: noisy_oracle}``: the seeded Game-of-24 proposer (no model)."""
+
+    error_rate: float = 0.5  # probability a proposed step is an error
+    num_parameters: float = 1.28e6  # nominal size for FLOPs (the embedded policy's)
+    latency_s: float = 0.0  # simulated seconds per batch call (tests, benchmarks)
+
+
+@dataclass
+class RuleConfig(PRMConfig):
+    """``prm: {backend: rule}``: the Game-of-24 rule check as a PRM (no model)."""
+
+    reachability: bool = True  # also require 24 reachable (an ORACLE: a ceiling)
+    num_parameters: float = 0.0  # nominal size for FLOPs
+    latency_s: float = 0.0  # simulated seconds per batch call (tests, benchmarks)
+
+
+def game24_only(cfg: Any, task: Any) -> None:
+    if not isinstance(task, g24.Game24):
+        raise ConfigError(f"{cfg.backend} supports task game24 only, not {task.name}")
+
+
+def _oracle_worker(cfg: NoisyOracleConfig, env: WorkerEnv) -> NoisyOracleGenerator:
+    try:
+        return NoisyOracleGenerator(cfg.error_rate, env.seed, cfg.num_parameters, cfg.latency_s, env.replica)
+    except ValueError as e:
+        raise ConfigError(f"generator: {e}") from e
+
+
+def _check_oracle(cfg: NoisyOracleConfig, task: Any) -> None:
+    game24_only(cfg, task)
+    _oracle_worker(cfg, WorkerEnv())
+
+
+register(
+    Backend(
+        "noisy_oracle",
+        NoisyOracleConfig,
+        worker=_oracle_worker,
+        check=_check_oracle,
+        tokenizer=lambda cfg: ByteTokenizer(),
+        in_process=True,
+    )
+)
+register(
+    Backend(
+        "rule",
+        RuleConfig,
+        worker=lambda cfg, env: RulePRM(g24.Game24(), cfg.reachability, cfg.num_parameters, cfg.latency_s),
+        check=game24_only,
+        counter=lambda cfg, task, loaded: ByteCounter(g24.Game24.step_delimiter),
+        in_process=True,
+        oracle=lambda cfg: cfg.reachability,
+    )
+)

@@ -7,17 +7,53 @@ ceiling, never a default verifier. Works over any :class:`treesearch.protocol.Ge
 in-process, or the Ray generator pool.
 
 Cost: every rollout token (prompt and generated) is reported as PRM tokens, and FLOPs use
-the generator's parameter count. ``count_tokens`` is an upper bound (rollouts may stop early),
-so budget reservations stay safe.
+the generator's parameter count. The token bound assumes every rollout runs to the depth
+limit with full-length steps, so budget reservations stay safe.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
-from treesearch.protocol import ExpandRequest, Generator, ScoreRequest, ScoreResult
+from treesearch.backends.registry import Backend, WorkerEnv, register
+from treesearch.config import ConfigError, PRMConfig
+from treesearch.protocol import (
+    CountState,
+    ExpandRequest,
+    Generator,
+    ScoreRequest,
+    ScoreResult,
+    encode_ids,
+)
 from treesearch.tasks.base import Problem, Task
+
+TOKEN_SLACK = 2  # per step: a BPE tokenizer may merge across a step boundary
+
+
+class RolloutCounter:
+    """Bound of a chain's rollout tokens; state ``(bound, prefix tokens, steps)``."""
+
+    def __init__(self, generator: Generator, task: Task, rollouts: int, max_step_tokens: int):
+        self.generator, self.task = generator, task
+        self.rollouts, self.max_step_tokens = rollouts, max_step_tokens
+        self.delimiter = task.step_delimiter
+
+    def root(self, question: str, prompt: str) -> CountState:
+        return (0, len(self.generator.tokenize(prompt)), 0)
+
+    def extend(self, state: CountState, step: str) -> CountState:
+        bound, prefix, depth = state
+        prefix += len(self.generator.tokenize(step + self.delimiter)) + TOKEN_SLACK
+        depth += 1
+        left = max(0, self.task.max_depth - depth)  # rollout steps from this prefix
+        bound += self.rollouts * (left * prefix + self.max_step_tokens * left * (left + 1) // 2)
+        return (bound, prefix, depth)
+
+    def rebase(self, state: CountState, exact: int) -> CountState:
+        return state  # rollouts vary: what one scoring spent says nothing exact of the next
 
 
 class MonteCarloRolloutPRM:
@@ -35,46 +71,42 @@ class MonteCarloRolloutPRM:
         self.problems = {p.id: p for p in problems}
         self.rollouts, self.max_step_tokens = rollouts, max_step_tokens
         self.num_parameters = generator.num_parameters
+        self.counter = RolloutCounter(generator, task, rollouts, max_step_tokens)
 
     def _prefix(self, prompt: str, steps: Sequence[str]) -> str:
         d = self.task.step_delimiter
         return prompt + "".join(s + d for s in steps)
-
-    def count_tokens(self, request: ScoreRequest) -> int:
-        """Upper bound: every rollout runs to the depth limit with full-length steps."""
-        total = 0
-        for i in range(1, len(request.steps) + 1):
-            prefix = len(self.generator.tokenize(self._prefix(request.prompt, request.steps[:i])))
-            remaining = self.task.max_depth - i
-            for j in range(remaining):
-                total += self.rollouts * (prefix + j * self.max_step_tokens + self.max_step_tokens)
-        return total
 
     async def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         return list(await asyncio.gather(*(self._score_one(r) for r in requests)))
 
     async def _score_one(self, req: ScoreRequest) -> ScoreResult:
         problem = self.problems[req.problem_id]
-        values, tokens = [], 0
-        for i in range(1, len(req.steps) + 1):
-            value, used = await self._value(problem, req, list(req.steps[:i]))
-            values.append(value)
-            tokens += used
-        return ScoreResult(tuple(values), tokens)
+        scores, tokens = [], []
+        for node, chain in zip(req.nodes, req.chains, strict=True):
+            values, used = [], 0
+            for i in range(1, len(chain) + 1):
+                value, spent = await self._value(problem, req.problem_id, node, list(chain[:i]))
+                values.append(value)
+                used += spent
+            scores.append(tuple(values))
+            tokens.append(used)
+        return ScoreResult(tuple(scores), tuple(tokens))
 
-    async def _value(self, problem: Problem, req: ScoreRequest, steps: list[str]) -> tuple[float, int]:
+    async def _value(
+        self, problem: Problem, problem_id: str, node: int, steps: list[str]
+    ) -> tuple[float, int]:
         task = self.task
         if task.is_terminal(problem, steps) or len(steps) >= task.max_depth:
             return float(task.is_correct(problem, steps)), 0
         chains = [list(steps) for _ in range(self.rollouts)]
-        ids = [tuple(self.generator.tokenize(self._prefix(req.prompt, steps)))] * self.rollouts
+        ids = [encode_ids(self.generator.tokenize(self._prefix(problem.prompt, steps)))] * self.rollouts
         live, tokens, depth = list(range(self.rollouts)), 0, 0
         while live:
             reqs = [
                 ExpandRequest(
-                    req.problem_id,
-                    req.node,
-                    self._prefix(req.prompt, chains[c]),
+                    problem_id,
+                    node,
                     ids[c],
                     1,
                     self.max_step_tokens,
@@ -97,3 +129,30 @@ class MonteCarloRolloutPRM:
             live = still
         correct = sum(task.is_correct(problem, ch) for ch in chains)
         return correct / self.rollouts, tokens
+
+
+# ----------------------------------------------------------------------------- registration
+@dataclass
+class MCRolloutConfig(PRMConfig):
+    """``prm: {backend: mc_rollout}``: Monte-Carlo rollouts through the generator (an ORACLE)."""
+
+    rollouts: int = 4  # continuations per step; a step's score is the fraction that end correct
+
+
+def _worker(cfg: MCRolloutConfig, env: WorkerEnv) -> MonteCarloRolloutPRM:
+    try:
+        return MonteCarloRolloutPRM(env.generator, env.task, env.problems, cfg.rollouts, env.max_step_tokens)
+    except ValueError as e:
+        raise ConfigError(f"prm: {e}") from e
+
+
+def _check(cfg: MCRolloutConfig, task: Any) -> None:
+    if cfg.rollouts < 1:
+        raise ConfigError(f"prm.rollouts must be >= 1, got {cfg.rollouts}")
+
+
+register(
+    Backend(
+        "mc_rollout", MCRolloutConfig, worker=_worker, check=_check, engine_side=True, oracle=lambda cfg: True
+    )
+)

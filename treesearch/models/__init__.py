@@ -1,4 +1,4 @@
-"""The embedded Game-of-24 models and the code that trains them.
+"""The embedded Game-of-24 models (trained by :mod:`treesearch.training`, ``make models``).
 
 ``game24/policy`` and ``game24/prm`` are HF model dirs (float32 safetensors, a character
 tokenizer) shipped inside the package; ``game24/MODEL_CARD.md`` says how they were trained and
@@ -15,7 +15,6 @@ if TYPE_CHECKING:
     from treesearch.config import JobConfig
 
 EMBEDDED_DIR = Path(__file__).parent / "game24"
-MODEL_BACKENDS = ("vllm", "hf")  # generator backends that load a model
 
 
 def embedded_model(role: str) -> Path:
@@ -29,9 +28,8 @@ def with_embedded_models(cfg: JobConfig) -> JobConfig:
     """``cfg`` with the embedded models filled in where a game24 job names none."""
     if cfg.task.name != "game24":
         return cfg
-    gen, prm = cfg.generator, cfg.prm
-    if gen.backend in MODEL_BACKENDS and not gen.model:
-        gen = dataclasses.replace(gen, model=str(embedded_model("policy")))
-    if prm.backend == "math_shepherd" and not prm.model:
-        prm = dataclasses.replace(prm, model=str(embedded_model("prm")))
-    return dataclasses.replace(cfg, generator=gen, prm=prm)
+    sections = {}
+    for name, section in (("generator", cfg.generator), ("prm", cfg.prm)):
+        if section.embedded is not None and not section.model:  # type: ignore[attr-defined]
+            sections[name] = dataclasses.replace(section, model=str(embedded_model(section.embedded)))
+    return dataclasses.replace(cfg, **sections)

@@ -4,6 +4,7 @@ The card's input is ``f"{question} {output}"`` where ``output`` is the steps joi
 each step followed by `` ки`` (the step tag). The score of step i is
 ``softmax(logits[tag_i, [good, bad]])[0]`` with good ``+`` and bad ``-``: a causal LM read at
 the tag positions. Tags inside step text are removed so positions map one-to-one to steps.
+Served by transformers or by vLLM's pooling runner (``prm.engine: vllm``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from treesearch.prm.base import PRMFormatError, PRMRow, positions_of, single_token_id
+from treesearch.backends.model_prm import ModelPRMConfig, model_prm
+from treesearch.backends.registry import register
+from treesearch.prm.base import PieceCounter, PRMFormatError, PRMRow, positions_of, single_token_id
 
 
 @dataclass(frozen=True)
@@ -34,9 +37,11 @@ class MathShepherdFormat:
             raise PRMFormatError("good and bad label tokens must differ")
         return good, bad
 
+    def clean(self, step: str) -> str:
+        return step.replace(self.step_tag, "").strip()
+
     def text(self, prompt: str, steps: Sequence[str]) -> str:
-        clean = [s.replace(self.step_tag, "").strip() for s in steps]
-        return f"{prompt.strip()} " + "\n".join(f"{s} {self.step_tag}" for s in clean)
+        return f"{prompt.strip()} " + "\n".join(f"{self.clean(s)} {self.step_tag}" for s in steps)
 
     def rows(self, tokenizer: Any, prompt: str, steps: Sequence[str]) -> list[PRMRow]:
         ids = tuple(tokenizer.encode(self.text(prompt, steps)))
@@ -45,3 +50,32 @@ class MathShepherdFormat:
         if len(pos) != len(steps):
             raise PRMFormatError(f"found {len(pos)} step tags for {len(steps)} steps")
         return [PRMRow(ids, pos)]
+
+    def counter(self, tokenizer: Any) -> PieceCounter:
+        """The question part once (special tokens included), then each step's own piece."""
+        return PieceCounter(
+            tokenizer,
+            lambda question: f"{question.strip()} ",
+            lambda step, first: (("" if first else "\n") + f"{self.clean(step)} ", 1),  # + the tag
+        )
+
+
+@dataclass
+class MathShepherdConfig(ModelPRMConfig):
+    """``prm: {backend: math_shepherd}``: step tag + ``+``/``-`` labels (transformers or vLLM)."""
+
+    step_tag: str = "ки"
+    good_token: str = "+"
+    bad_token: str = "-"
+
+    embedded = "prm"
+
+
+register(
+    model_prm(
+        "math_shepherd",
+        MathShepherdConfig,
+        lambda cfg: MathShepherdFormat(cfg.step_tag, cfg.good_token, cfg.bad_token),
+        vllm=True,
+    )
+)

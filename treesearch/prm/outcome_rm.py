@@ -11,7 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from treesearch.prm.base import PRMRow
+from treesearch.backends.model_prm import ModelPRMConfig, model_prm
+from treesearch.backends.registry import register
+from treesearch.prm.base import PrefixRowCounter, PRMRow
 
 
 @dataclass(frozen=True)
@@ -32,3 +34,16 @@ class OutcomeRMFormat:
             ids = tuple(tokenizer.encode(text))
             out.append(PRMRow(ids, (len(ids) - 1,)))
         return out
+
+    def counter(self, tokenizer: Any) -> PrefixRowCounter:
+        return PrefixRowCounter(tokenizer, self.delimiter)
+
+
+@dataclass
+class OutcomeRMConfig(ModelPRMConfig):
+    """``prm: {backend: outcome_rm}``: a sequence classifier run on every prefix."""
+
+    delimiter: str = "\n"  # joins steps in each prefix row
+
+
+register(model_prm("outcome_rm", OutcomeRMConfig, lambda cfg: OutcomeRMFormat(cfg.delimiter)))

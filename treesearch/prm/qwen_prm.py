@@ -12,7 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from treesearch.prm.base import PRMFormatError, PRMRow, positions_of, single_token_id
+from treesearch.backends.model_prm import ModelPRMConfig, model_prm
+from treesearch.backends.registry import register
+from treesearch.prm.base import PieceCounter, PRMFormatError, PRMRow, positions_of, single_token_id
 
 QWEN_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -46,3 +48,34 @@ class QwenPRMFormat:
         if len(pos) != len(steps):
             raise PRMFormatError(f"found {len(pos)} separators for {len(steps)} steps")
         return [PRMRow(ids, pos)]
+
+    def counter(self, tokenizer: Any) -> PieceCounter:
+        """The chat around an empty assistant turn once, then ``step + separator`` per step
+        (the template puts a separator after every step, the last one included)."""
+        # the frame: a one-character question and no steps, less that character and the
+        # separator the template ends an empty assistant turn with (counted per step below);
+        # an empty question would let the template's newlines around it merge
+        frame = self.text(tokenizer, "x", [])
+        base = (
+            len(tokenizer.encode(frame, add_special_tokens=False))
+            - 1
+            - len(tokenizer.encode("x", add_special_tokens=False))
+        )
+        return PieceCounter(
+            tokenizer,
+            lambda question: question.strip(),
+            lambda step, first: (step.replace(self.separator, ""), 1),  # + the separator
+            base=base,
+            special=False,
+        )
+
+
+@dataclass
+class QwenPRMConfig(ModelPRMConfig):
+    """``prm: {backend: qwen_prm}``: the chat template, ``<extra_0>`` separators, a 2-class head."""
+
+    separator: str = "<extra_0>"
+    system_prompt: str = QWEN_SYSTEM
+
+
+register(model_prm("qwen_prm", QwenPRMConfig, lambda cfg: QwenPRMFormat(cfg.separator, cfg.system_prompt)))

@@ -1,6 +1,6 @@
 """Measures the policy alone through vLLM: greedy accuracy and pass@k on held-out puzzles.
 
-    python -m treesearch.models.evaluate_policy --csv ../shared/data/game24/24.csv [--model DIR]
+    python -m treesearch.training.evaluate_policy --csv ../shared/data/game24/24.csv [--model DIR]
 
 pass@k is the unbiased estimator of Chen et al. (2021), ``1 - C(n-c, k) / C(n, k)``, from
 ``n`` samples at temperature 1 per puzzle (``c`` correct); pass@1 at T=1 is the mean accuracy
@@ -19,9 +19,9 @@ from math import comb
 from pathlib import Path
 
 from treesearch.models import embedded_model
-from treesearch.models import game24_data as data
-from treesearch.models.sampling import sample_vllm, split_steps
 from treesearch.tasks import game24 as g24
+from treesearch.training import game24_data as data
+from treesearch.training.sampling import sample_vllm, split_steps
 
 KS = (1, 4, 16, 64)
 

@@ -1,6 +1,6 @@
 """Trains the embedded Game-of-24 PRM (Math-Shepherd format) mainly on the policy's own samples.
 
-    python -m treesearch.models.train_prm --csv ../shared/data/game24/24.csv \\
+    python -m treesearch.training.train_prm --csv ../shared/data/game24/24.csv \\
         --policy DIR --out DIR
 
 Input ``"{puzzle} {step 1} ки\\n{step 2} ки..."``; the score of step i is
@@ -28,10 +28,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from treesearch.models import game24_data as data
-from treesearch.models.sampling import sample, sample_vllm, split_steps
-from treesearch.models.tiny import build_char_tokenizer
-from treesearch.models.train import (
+from treesearch.tasks import game24 as g24
+from treesearch.tasks.game24 import state_of
+from treesearch.training import game24_data as data
+from treesearch.training.sampling import sample, sample_vllm, split_steps
+from treesearch.training.tiny import build_char_tokenizer
+from treesearch.training.train import (
     IGNORE,
     ModelShape,
     TrainConfig,
@@ -42,8 +44,6 @@ from treesearch.models.train import (
     save,
     train,
 )
-from treesearch.tasks import game24 as g24
-from treesearch.tasks.game24 import state_of
 
 Chain = tuple[tuple[int, ...], tuple[str, ...]]  # (puzzle numbers, steps)
 SCRATCH_SHAPE = ModelShape(hidden=128, layers=8, heads=4, intermediate=384)  # 1.7M, --init scratch
@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     log(f"held-out policy samples: {metrics}")
     card = {
-        "command": "python -m treesearch.models.train_prm " + " ".join(argv or sys.argv[1:]),
+        "command": "python -m treesearch.training.train_prm " + " ".join(argv or sys.argv[1:]),
         "parameters": n_params,
         "training_multisets": len(puzzles),
         "pools": {k: len(v) for k, v in pools.items()},

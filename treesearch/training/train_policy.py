@@ -1,6 +1,6 @@
 """Trains the embedded Game-of-24 policy on every solution path of the training puzzles.
 
-    python -m treesearch.models.train_policy --csv ../shared/data/game24/24.csv --out DIR
+    python -m treesearch.training.train_policy --csv ../shared/data/game24/24.csv --out DIR
 
 A Llama (1.28M parameters by default) over the task's character tokenizer, next-token loss
 on the steps (not the prompt) and the final end-of-sequence. Reproducible from ``--seed``.
@@ -12,9 +12,10 @@ import argparse
 import random
 import sys
 
-from treesearch.models import game24_data as data
-from treesearch.models.tiny import build_char_tokenizer
-from treesearch.models.train import (
+from treesearch.tasks.game24 import state_of
+from treesearch.training import game24_data as data
+from treesearch.training.tiny import build_char_tokenizer
+from treesearch.training.train import (
     IGNORE,
     ModelShape,
     TrainConfig,
@@ -25,7 +26,6 @@ from treesearch.models.train import (
     save,
     train,
 )
-from treesearch.tasks.game24 import state_of
 
 
 def examples(tokenizer, puzzles) -> list[tuple[list[int], list[int]]]:
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
     stats = train(model, batch, next_token_loss, cfg, log=lambda s: print(s, file=sys.stderr))
     card = {
-        "command": "python -m treesearch.models.train_policy " + " ".join(argv or sys.argv[1:]),
+        "command": "python -m treesearch.training.train_policy " + " ".join(argv or sys.argv[1:]),
         "parameters": n_params,
         "training_puzzles": len(puzzles),
         "examples": len(rows),

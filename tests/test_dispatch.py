@@ -1,0 +1,95 @@
+"""The replica pool without Ray: stable homes with bounded loads, spills, per-call delivery,
+re-issues after losses and hangs, and the end of a pool whose replicas are all gone."""
+
+import asyncio
+import math
+
+import pytest
+from ray.exceptions import ActorUnavailableError
+
+from actors.dispatch import DispatchError, ReplicaPool, rendezvous_order
+from treesearch.batcher import replies
+from treesearch.protocol import BackendUnavailable
+
+
+def echo_pool(n: int, delays: dict | None = None, **kw) -> ReplicaPool:
+    async def invoke(handle, batch):
+        await asyncio.sleep((delays or {}).get(handle, 0.0))
+        return [(handle, x) for x in batch], 0
+
+    return ReplicaPool(list(range(n)), invoke, key=lambda req: req[0], **kw)
+
+
+def test_rendezvous_ranking_is_the_same_in_every_process_and_spreads_keys():
+    assert rendezvous_order("1-2-3-4", 8) == rendezvous_order("1-2-3-4", 8)  # crc32: no hash seed
+    firsts = [rendezvous_order(f"p{i}", 8)[0] for i in range(4000)]
+    assert min(firsts.count(r) for r in range(8)) > 400  # ~500 each
+
+
+def test_homes_are_sticky_balanced_and_identical_across_pools():
+    keys = [f"p{i}" for i in range(1000)]
+    a, b = echo_pool(8, affinity_bound=10**6), echo_pool(8, affinity_bound=10**6)
+    homes_a = a.route(keys)
+    assert homes_a == b.route(keys)  # another worker sends each tree to the same replica
+    assert max(a.keys_on) <= math.ceil(1.1 * 1000 / 8) and sum(a.keys_on) == 1000
+    assert a.route(keys[::-1]) == homes_a[::-1]  # later requests keep their homes
+    assert sum(h != rendezvous_order(k, 8)[0] for k, h in zip(keys, homes_a, strict=True)) < 250
+
+
+def test_a_wave_over_the_bound_spills_to_the_next_replicas_of_its_keys():
+    pool = echo_pool(2, affinity_bound=16)
+    keys = ["a", "b", "c"]
+    home = {k: r for k, r in zip(keys, pool.route(keys), strict=True)}
+    wave = [k for k in keys if home[k] == home["a"]] * 20  # one replica's problems, all at once
+    routes = pool.route(wave)
+    kept = routes.count(home["a"])
+    assert kept - (len(wave) - kept) <= 16 and kept >= len(wave) - kept  # within the bound
+    assert routes[: kept - 1] == [home["a"]] * (kept - 1)  # the earlier requests keep affinity
+    assert pool.home["a"][0] == home["a"]  # the key keeps its home
+
+
+def test_answers_arrive_per_call_so_a_straggler_holds_only_its_own():
+    pool = echo_pool(2, delays={0: 0.5, 1: 0.0}, affinity_bound=10**6)
+
+    async def main():
+        reqs = [(f"k{i}", i) for i in range(20)]
+        halves = [replies(10), replies(10)]  # two searches' submissions
+        pool.dispatch(reqs, halves[0][0] + halves[1][0])
+        await asyncio.sleep(0.1)
+        early = [f.done() for _, f in halves]
+        await asyncio.gather(*(f for _, f in halves))
+        return pool.route([k for k, _ in reqs]), early
+
+    homes, early = asyncio.run(main())
+    # a search whose requests all went to the fast replica is answered before the slow one is
+    assert early == [set(homes[:10]) == {1}, set(homes[10:]) == {1}] and not all(early)
+
+
+def test_lost_calls_are_reissued_elsewhere_and_a_hung_replica_is_restarted():
+    calls, restarted = [], []
+
+    async def invoke(handle, batch):
+        calls.append(handle)
+        if handle == 0 and calls.count(0) == 1:
+            raise ActorUnavailableError("restarting", None)
+        if handle == 1 and calls.count(1) == 1:
+            await asyncio.sleep(10)  # hangs
+        return [(handle, x) for x in batch], 0
+
+    pool = ReplicaPool([0, 1], invoke, key=lambda r: r, retry_delay_s=0.01, request_timeout_s=0.2,
+                       restart=restarted.append, affinity_bound=10**6)  # fmt: skip
+    out = asyncio.run(pool.submit([f"k{i}" for i in range(8)]))
+    assert len(out) == 8 and sorted(x for _, x in out) == sorted(f"k{i}" for i in range(8))
+    assert restarted == [1] and pool.stats.timeouts == 1 and pool.stats.reissued == 8
+
+
+def test_a_pool_with_every_replica_gone_stops_the_job_and_one_request_fails_alone():
+    async def dead(handle, batch):
+        raise ActorUnavailableError("gone", None)
+
+    pool = ReplicaPool([0, 1], dead, key=lambda r: r, retry_delay_s=0.001, gone_after=2, max_retries=20)
+    with pytest.raises(BackendUnavailable, match="all 2 replicas"):
+        asyncio.run(pool.submit(["a", "b"]))
+    flaky = ReplicaPool([0, 1], dead, key=lambda r: r, retry_delay_s=0.001, gone_after=100, max_retries=2)
+    with pytest.raises(DispatchError, match="lost 3 times"):
+        asyncio.run(flaky.submit(["a"]))
