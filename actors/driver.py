@@ -15,13 +15,13 @@ import contextlib
 import math
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
-from ray.util.placement_group import placement_group
+from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.fleet import WorkerFleet
@@ -65,26 +65,79 @@ def _root_cause(e: BaseException) -> str:
     return (errors[-1] if errors else lines[-1] if lines else repr(e)).strip()
 
 
-def start_pool(cfg: Any, seed: int, what: str) -> tuple[list[Any], list[dict]]:
+@dataclass
+class Pool:
+    """A pool's replicas (their handles, what they reported at start, their placement groups)."""
+
+    handles: list[Any]
+    infos: list[dict]
+    groups: list[Any]
+
+    def stop(self) -> None:
+        stop(self.handles, self.groups)
+
+
+def stop(handles: list[Any], groups: list[Any]) -> None:
+    """Kills replicas (no restart) and frees their placement groups."""
+    for h in handles:
+        ray.kill(h, no_restart=True)
+    for g in groups:
+        remove_placement_group(g)
+
+
+def _free() -> dict[str, float]:
+    """The cluster's free resources, without Ray's per-placement-group bookkeeping entries."""
+    return {
+        k: v for k, v in ray.available_resources().items() if "_group_" not in k and not k.startswith("node:")
+    }
+
+
+def start_pool(cfg: Any, seed: int, what: str) -> Pool:
     """``resources.replicas`` replicas of the backend ``cfg`` selects, up and answering."""
     res: ResourcesConfig = cfg.resources
-    opts = actor_options(res, cfg.ranks if what == "generator" else 1)
-    handles = [ReplicaActor.options(**opts).remote(cfg, WorkerEnv(i, seed)) for i in range(res.replicas)]
+    ranks = cfg.ranks if what == "generator" else 1
+    handles, groups = [], []
+    for i in range(res.replicas):  # a replica of several ranks gets a placement group of its own
+        opts = actor_options(res, ranks)
+        if "scheduling_strategy" in opts:
+            groups.append(opts["scheduling_strategy"].placement_group)
+        handles.append(ReplicaActor.options(**opts).remote(cfg, WorkerEnv(i, seed)))
     try:
         infos = ray.get([h.info.remote() for h in handles], timeout=res.startup_timeout_s)
     except GetTimeoutError as e:
-        for h in handles:
-            ray.kill(h, no_restart=True)
-        asked = {"CPU": res.num_cpus, "GPU": res.num_gpus}
+        free = _free()
+        stop(handles, groups)
+        asked = {"CPU": res.num_cpus, "GPU": res.num_gpus * (ranks if ranks > 1 else 1), **res.custom}
         raise RuntimeError(
-            f"{what} replicas did not start within {res.startup_timeout_s:.0f} s: each asks {asked}, "
-            f"the cluster has {ray.available_resources()} free"
+            f"{what} replicas did not start within {res.startup_timeout_s:.0f} s: each asks {asked}"
+            + (f" on one node ({ranks} ranks)" if ranks > 1 else "")
+            + f", the cluster has {free} free"
         ) from e
     except RayActorError as e:
-        for h in handles:
-            ray.kill(h, no_restart=True)
+        stop(handles, groups)
         raise RuntimeError(f"{what} replica failed to start: {_root_cause(e)}") from e
-    return handles, infos
+    return Pool(handles, infos, groups)
+
+
+def check_placement(res: ResourcesConfig, ranks: int, placements: list[dict[str, Any]]) -> list[str]:
+    """What is wrong with where Ray put a pool's replicas (``ReplicaActor.placement``): each must
+    hold the GPU share it asked for, see exactly the GPUs Ray assigned it, and a replica of
+    several ranks must sit in a placement group (its ranks' bundles on one node). Empty: all
+    as asked."""
+    problems = []
+    for i, p in enumerate(placements):
+        gpu = p["assigned"].get("GPU", 0.0)
+        asked = 0.0 if ranks > 1 else res.num_gpus
+        if abs(gpu - asked) > 1e-9:
+            problems.append(f"replica {i}: holds {gpu} GPU, asked {asked}")
+        visible = p["cuda_visible_devices"]
+        if asked > 0 and (visible or "").split(",") != p["gpu_ids"]:
+            problems.append(f"replica {i}: CUDA_VISIBLE_DEVICES={visible!r}, assigned GPUs {p['gpu_ids']}")
+        if ranks > 1 and not p["placement_group"]:
+            problems.append(f"replica {i}: {ranks} ranks but no placement group")
+        if asked > 0 and len(p["gpu_ids"]) != max(1, math.ceil(asked)):
+            problems.append(f"replica {i}: {len(p['gpu_ids'])} GPU ids for a share of {asked}")
+    return problems
 
 
 @dataclass
@@ -95,27 +148,26 @@ class Replicas:
     prm: list[Any]  # empty when the PRM runs beside the engine (Monte-Carlo rollouts)
     generator_parameters: float
     prm_parameters: float
+    groups: list[Any] = field(default_factory=list)  # placement groups (tensor-parallel replicas)
 
     def shutdown(self) -> None:
-        for h in self.generator + self.prm:
-            ray.kill(h, no_restart=True)
+        stop(self.generator + self.prm, self.groups)
 
 
 def start_replicas(job: Job) -> Replicas:
     """Starts both pools (Ray must be initialised)."""
     cfg = job.cfg
-    g_handles, g_infos = start_pool(cfg.generator, cfg.run.seed, "generator")
-    p_handles: list[Any] = []
-    p_params = 0.0
+    gen = start_pool(cfg.generator, cfg.run.seed, "generator")
+    prm = Pool([], [{"num_parameters": 0.0}], [])
     if not job.prm.engine_side:
         try:
-            p_handles, p_infos = start_pool(cfg.prm, cfg.run.seed, "PRM")
+            prm = start_pool(cfg.prm, cfg.run.seed, "PRM")
         except Exception:
-            for h in g_handles:
-                ray.kill(h, no_restart=True)
+            gen.stop()
             raise
-        p_params = p_infos[0]["num_parameters"]
-    return Replicas(g_handles, p_handles, g_infos[0]["num_parameters"], p_params)
+    return Replicas(
+        gen.handles, prm.handles, gen.infos[0]["num_parameters"], prm.infos[0]["num_parameters"], gen.groups
+    )
 
 
 def transports(job: Job, replicas: Replicas) -> tuple[GeneratorPool, ScorerPool | None]:

@@ -80,6 +80,7 @@ class WorkerFleet:
         self.stores: list[Any] = []  # tree stores of tree-parallel searches
         self.worker_stats: list[dict[str, Any]] = [{} for _ in self.workers]
         self.dispatch: list[dict[str, Any]] = [{} for _ in self.workers]
+        self._cpu_base = [0.0] * len(self.workers)  # each worker's CPU seconds at the last run's end
 
     def shutdown(self) -> None:
         for w in [*self.workers, *self.stores]:
@@ -191,13 +192,16 @@ class WorkerFleet:
         finally:
             for t in tasks:
                 t.cancel()
-        worker_cpu = [s.get("cpu_seconds", 0.0) for s in self.worker_stats]
+        # a worker reports its CPU since it started: this run's is the difference (a restarted
+        # worker starts again from 0, so it counts from its restart: a lower bound after deaths)
+        now_cpu = [s.get("cpu_seconds", 0.0) for s in self.worker_stats]
+        worker_cpu = [c - b if c >= b else c for c, b in zip(now_cpu, self._cpu_base, strict=True)]
+        self._cpu_base = now_cpu
         driver_cpu = time.thread_time() - cpu0
         return {
             "search_workers": len(self.workers),
             "nodes": nodes,
             "worker_cpu_seconds": [round(c, 3) for c in worker_cpu],
-            # a restarted worker's CPU counts from its restart: a lower bound after deaths
             "worker_cpu_us_per_node": round(1e6 * sum(worker_cpu) / nodes, 2) if nodes else 0.0,
             "driver_cpu_seconds": round(driver_cpu, 3),
             "driver_cpu_us_per_node": round(1e6 * driver_cpu / nodes, 2) if nodes else 0.0,

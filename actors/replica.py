@@ -93,6 +93,18 @@ class ReplicaActor:
     async def load(self) -> int:
         return self.depth
 
+    async def placement(self) -> dict[str, Any]:
+        """Where Ray put this replica: node, GPU ids and the ``CUDA_VISIBLE_DEVICES`` its engine
+        sees, the resources assigned, its placement group (tensor-parallel replicas)."""
+        ctx = ray.get_runtime_context()
+        return {
+            "node": ctx.get_node_id(),
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "assigned": ctx.get_assigned_resources(),
+            "placement_group": ctx.get_placement_group_id(),
+        }
+
     def _count(self, **values: int) -> None:
         for name, value in values.items():
             if value > 0:  # Ray counters accept only positive increments

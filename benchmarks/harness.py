@@ -163,11 +163,12 @@ class SimReplica:
 
 class SimCluster:
     """Many simulated replicas in one process (asyncio servers), so 1 to 256 replicas run on
-    two cores. A replica serves one call at a time, in arrival order, for a GPU-like service
-    time: ``max(latency_s, units / rate) x speed`` (a batched engine: a call's latency is one
-    step's, until the batch is large enough to saturate it at ``rate`` units per second);
-    units are samples for a generator, chains for a PRM. The answers come from the memoised
-    zero-cost backends. Run it as a Ray actor: :func:`sim_cluster_actor`.
+    two cores. A replica is a continuously batching engine: the calls that arrive while it
+    runs a step wait, and its next step serves all of them together, taking
+    ``max(latency_s, units / rate) x speed`` (one step's latency until the batch saturates the
+    replica at ``rate`` units per second); units are samples for a generator, chains for a
+    PRM. The answers come from the memoised zero-cost backends. Run it as a Ray actor:
+    :func:`sim_cluster_actor`.
 
     Args:
       pools: ``{name: (replicas, latency_s, rate, speeds)}``; ``generator`` and ``prm``.
@@ -178,37 +179,51 @@ class SimCluster:
         self.oracle = MemoOracle(error_rate, 0)
         self.rule = MemoRule(Game24(), True)
         self.busy = {p: [0.0] * n for p, (n, *_) in pools.items()}  # finished service seconds
-        self.since = {p: [0.0] * n for p, (n, *_) in pools.items()}  # start of the call in service
+        self.since = {p: [0.0] * n for p, (n, *_) in pools.items()}  # start of the step in service
         self.depth = {p: [0] * n for p, (n, *_) in pools.items()}
-        self.locks: dict[str, list[asyncio.Lock]] = {}
+        self.waiting: dict[tuple[str, int], list[tuple[int, asyncio.Future]]] = {}
+        self.running: dict[tuple[str, int], asyncio.Task] = {}  # replicas running steps
         self.started = time.perf_counter()
 
     async def serve(self, pool: str, index: int, payload: bytes) -> bytes:
-        if not self.locks:
-            self.locks = {p: [asyncio.Lock() for _ in range(n)] for p, (n, *_) in self.pools.items()}
         requests = pickle.loads(payload)
         depth = self.depth[pool]
         depth[index] += len(requests)
-        _, latency_s, rate, speeds = self.pools[pool]
         try:
-            async with self.locks[pool][index]:
-                t0 = self.since[pool][index] = time.perf_counter()
-                if pool == "generator":
-                    results: list = [self.oracle.expand(r) for r in requests]
-                    units = sum(r.k for r in requests)
-                else:
-                    results = [self.rule.score_one(r) for r in requests]
-                    units = sum(len(r.chains) for r in requests)
-                service = max(latency_s, units / rate) * speeds[index]
-                await asyncio.sleep(max(0.0, service - (time.perf_counter() - t0)))
-                self.busy[pool][index] += time.perf_counter() - t0
-                self.since[pool][index] = 0.0
+            if pool == "generator":
+                results: list = [self.oracle.expand(r) for r in requests]
+                units = sum(r.k for r in requests)
+            else:
+                results = [self.rule.score_one(r) for r in requests]
+                units = sum(len(r.chains) for r in requests)
+            done = asyncio.get_running_loop().create_future()
+            self.waiting.setdefault((pool, index), []).append((units, done))
+            if (pool, index) not in self.running:
+                self.running[(pool, index)] = asyncio.ensure_future(self._steps(pool, index))
+            await done
         finally:
             depth[index] -= len(requests)
         return encode_batch((results, depth[index]))
 
+    async def _steps(self, pool: str, index: int) -> None:
+        """The replica's engine loop: one step serves every call waiting when it starts."""
+        _, latency_s, rate, speeds = self.pools[pool]
+        queue = self.waiting[(pool, index)]
+        try:
+            while queue:
+                batch = queue[:]
+                queue.clear()
+                t0 = self.since[pool][index] = time.perf_counter()
+                await asyncio.sleep(max(latency_s, sum(u for u, _ in batch) / rate) * speeds[index])
+                self.busy[pool][index] += time.perf_counter() - t0
+                self.since[pool][index] = 0.0
+                for _, done in batch:
+                    done.set_result(None)
+        finally:
+            self.running.pop((pool, index), None)
+
     async def snapshot(self) -> tuple[float, dict[str, list[float]]]:
-        """(seconds since start, busy seconds per replica of each pool, the call in service
+        """(seconds since start, busy seconds per replica of each pool, the step in service
         included up to now)."""
         now = time.perf_counter()
         busy = {

@@ -41,6 +41,29 @@ def timed(fleet: WorkerFleet, problems: list[Problem]) -> dict[str, float]:
     }
 
 
+def _spin(n: int) -> float:
+    t0, x, d = time.perf_counter(), 0, {}
+    for i in range(n):
+        d[i % 1000] = (i, str(i))
+        x += hash((i, 2 * i))
+    return time.perf_counter() - t0
+
+
+def box_ceiling(n: int = 2_000_000, runs: int = 3) -> float:
+    """What this machine gives two busy Python processes over one (the same loop in each):
+    the best any two workers could do here."""
+    import multiprocessing as mp
+
+    ratios = []
+    with mp.get_context("spawn").Pool(2) as pool:
+        for _ in range(runs):
+            one = _spin(n)
+            t0 = time.perf_counter()
+            pool.map(_spin, [n, n])
+            ratios.append(2 * one / (time.perf_counter() - t0))
+    return sorted(ratios)[len(ratios) // 2]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--problems", type=int, default=4000)
@@ -48,6 +71,7 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args()
     n, runs = (40, 1) if args.smoke else (args.problems, args.runs)
+    ceiling = box_ceiling(200_000 if args.smoke else 2_000_000)
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     rows, rate = [], {}
     for algo in ("beam", "mcts"):
@@ -82,7 +106,10 @@ def main() -> None:
         )
     )
     beam, mcts = (rate[(a, 2)] / rate[(a, 1)] for a in ("beam", "mcts"))
-    print(f"ratio: 2 workers / 1: beam {beam:.2f}x, mcts {mcts:.2f}x (target >= 1.8x)")
+    print(
+        f"ratio: 2 workers / 1: beam {beam:.2f}x, mcts {mcts:.2f}x (target >= 1.8x); this machine gives "
+        f"two busy processes {ceiling:.2f}x one (same run)"
+    )
 
 
 if __name__ == "__main__":

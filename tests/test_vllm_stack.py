@@ -225,3 +225,42 @@ def test_hf_generator_backend(models):
             assert "\n" not in s.text and count_ids(s.token_ids) <= req.max_tokens and s.logprob <= 0
             assert s.finish_reason in ("stop", "eos", "length")
             assert tok.decode(decode_ids(s.token_ids)).startswith(s.text)
+
+
+def test_qwen_prm_through_vllm_pooling_equals_transformers(tmp_path):
+    """A tiny model of Qwen2.5-Math-PRM's architecture: vLLM's native Qwen2ForProcessRewardModel
+    (STEP pooler at <extra_0>) gives the scores transformers gives with the model's remote code."""
+    from treesearch.training.tiny import DEFAULT_CHAT_TEMPLATE, build_tiny_qwen2_prm
+
+    symbols = "0123456789+-*/=() left:\nabcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.,?\\{}|<>_"
+    tok = build_char_tokenizer(symbols, added_tokens=["<extra_0>"], chat_template=DEFAULT_CHAT_TEMPLATE)
+    model = build_tiny_qwen2_prm(tmp_path / "qwen-prm", tok, seed=7)
+    reqs = [
+        ScoreRequest.one("p", 1, "4 5 6 10", ("10 - 4 = 6 (left: 5 6 6)",)),
+        ScoreRequest(
+            "p",
+            (2, 3),
+            "4 5 6 10",
+            (("10 - 4 = 6 (left: 5 6 6)", "6 * 5 = 30 (left: 6 30)"), ("5 + 6 = 11 (left: 6 10 11)",)),
+        ),
+    ]
+    section = {"backend": "qwen_prm", "model": str(model), "trust_remote_code": True, "dtype": "float32"}
+    expected = asyncio.run(backend_worker("prm", **section).score(reqs))
+    vllm_section = {
+        **section,
+        "engine": "vllm",
+        "gpu_memory_utilization": 0.2,
+        "enforce_eager": True,
+        "max_model_len": 256,
+    }
+    cfg = build(JobConfig, {"prm": vllm_section}, "").prm
+    actor = ReplicaActor.options(num_cpus=0).remote(cfg, WorkerEnv(0))
+    try:
+        got, _ = pickle.loads(ray.get(actor.score.remote(encode_batch(reqs)), timeout=300))
+    finally:
+        ray.kill(actor)
+    for e, g in zip(expected, got, strict=True):
+        assert g.tokens == e.tokens and [len(x) for x in g.scores] == [len(x) for x in e.scores]
+        for es, gs in zip(e.scores, g.scores, strict=True):
+            assert max(abs(a - b) for a, b in zip(es, gs, strict=True)) < 1e-4, (es, gs)
+    assert len({round(s, 5) for r in expected for c in r.scores for s in c}) > 1  # not a constant

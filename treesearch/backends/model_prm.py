@@ -143,8 +143,10 @@ class TransformersPRM:
 
 
 class VLLMPoolingPRM:
-    """A tag-position format through vLLM's pooling runner: STEP pooler at the tag, softmax
-    over (good, bad) label tokens."""
+    """A format read at step-tag positions, through vLLM's pooling runner (STEP pooler at the
+    tag): a causal LM's (good, bad) label tokens as a 2-way classifier (Math-Shepherd:
+    ``convert="classify"``, P(good) = column 0), or a token-classification PRM vLLM serves
+    natively (Qwen2.5-Math-PRM's ``Qwen2ForProcessRewardModel``: P(correct) = column 1)."""
 
     def __init__(self, cfg: ModelPRMConfig, fmt: PRMFormat):
         from transformers import AutoTokenizer
@@ -152,24 +154,30 @@ class VLLMPoolingPRM:
         from vllm.config import PoolerConfig
 
         self.fmt = fmt
-        if fmt.head != "lm_labels":
-            raise ValueError(f"prm.engine vllm supports tag-position formats only, not {cfg.backend}")
-        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+        if fmt.head not in ("lm_labels", "token_classification"):
+            raise ValueError(f"prm.engine vllm serves step-tag formats only, not {cfg.backend}")
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
         fmt.validate(self.tokenizer)
-        tag_id = self.tokenizer.convert_tokens_to_ids(fmt.step_tag)
+        tag_id = self.tokenizer.convert_tokens_to_ids(fmt.tag)
+        pooler = PoolerConfig(task="token_classify", pooling_type="STEP", step_tag_id=tag_id)
+        if fmt.head == "lm_labels":
+            extra: dict[str, Any] = {
+                "convert": "classify",
+                "hf_overrides": {"classifier_from_token": list(fmt.labels), "method": "no_post_processing"},
+            }
+            self.column = 0  # P(good)
+        else:
+            extra = {"trust_remote_code": cfg.trust_remote_code}
+            self.column = 1  # P(the step is correct)
         self.llm = LLM(
             model=cfg.model,
             runner="pooling",
-            convert="classify",
-            hf_overrides={
-                "classifier_from_token": [fmt.good_token, fmt.bad_token],
-                "method": "no_post_processing",
-            },
-            pooler_config=PoolerConfig(task="token_classify", pooling_type="STEP", step_tag_id=tag_id),
+            pooler_config=pooler,
             dtype=cfg.dtype,
             gpu_memory_utilization=cfg.gpu_memory_utilization,
             enforce_eager=cfg.enforce_eager,
             max_model_len=cfg.max_model_len,
+            **extra,
         )
         self.num_parameters = count_parameters(cfg.model)
         # The offline LLM is not thread-safe: concurrent encode() calls from the actor's
@@ -206,8 +214,8 @@ class VLLMPoolingPRM:
                 continue
             scores = []
             for _ in chains:
-                data = next(outs).outputs.data  # [steps, 2]: softmax over (good, bad) at each tag
-                scores.append(tuple(float(x) for x in data[:, 0].tolist()))
+                data = next(outs).outputs.data  # [steps, 2]: softmax over the 2 labels at each tag
+                scores.append(tuple(float(x) for x in data[:, self.column].tolist()))
             results.append(ScoreResult(tuple(scores), tuple(len(rows[0].ids) for rows in chains)))
         return results
 

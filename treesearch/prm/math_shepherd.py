@@ -37,6 +37,15 @@ class MathShepherdFormat:
             raise PRMFormatError("good and bad label tokens must differ")
         return good, bad
 
+    @property
+    def tag(self) -> str:
+        """The token whose positions carry the step scores."""
+        return self.step_tag
+
+    @property
+    def labels(self) -> tuple[str, str]:
+        return (self.good_token, self.bad_token)
+
     def clean(self, step: str) -> str:
         return step.replace(self.step_tag, "").strip()
 

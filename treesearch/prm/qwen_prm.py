@@ -3,7 +3,9 @@
 The card builds a chat: system prompt, the question as the user turn, and as the assistant
 turn the steps joined by ``<extra_0>`` with a trailing ``<extra_0>``; it applies the model's
 chat template (no generation prompt) and reads ``softmax(logits)[1]`` of the 2-class
-token-classification head at every ``<extra_0>``.
+token-classification head at every ``<extra_0>``. Served by transformers (the model's remote
+code: ``trust_remote_code: true``) or by vLLM's pooling runner (``engine: vllm``: vLLM's own
+``Qwen2ForProcessRewardModel``, the STEP pooler at ``<extra_0>``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ class QwenPRMFormat:
     separator: str = "<extra_0>"
     system_prompt: str = QWEN_SYSTEM
     head: str = "token_classification"
+
+    @property
+    def tag(self) -> str:
+        """The token whose positions carry the step scores."""
+        return self.separator
 
     def validate(self, tokenizer: Any) -> None:
         single_token_id(tokenizer, self.separator, "step separator")
@@ -78,4 +85,8 @@ class QwenPRMConfig(ModelPRMConfig):
     system_prompt: str = QWEN_SYSTEM
 
 
-register(model_prm("qwen_prm", QwenPRMConfig, lambda cfg: QwenPRMFormat(cfg.separator, cfg.system_prompt)))
+register(
+    model_prm(
+        "qwen_prm", QwenPRMConfig, lambda cfg: QwenPRMFormat(cfg.separator, cfg.system_prompt), vllm=True
+    )
+)
