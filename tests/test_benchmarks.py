@@ -35,3 +35,19 @@ def test_benchmark_smoke(name):
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     assert len(lines) >= 3 and lines[-1].startswith("ratio:"), proc.stdout
+
+
+def test_gpu_check_dry_run_plans_the_main_job_on_one_gpu():
+    """The GPU check needs a CUDA machine; without one its dry run resolves the config and the
+    placement plan (both pools at half of GPU 0)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu_check", "--dry-run", "--gpus", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout.splitlines()
+    assert "generator 0: node0: GPU 0 x 0.5" in out and "prm 0: node0: GPU 0 x 0.5" in out
+    assert out[-1].startswith("ratio: dry run: 2 replicas planned on 1 GPU")
