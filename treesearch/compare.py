@@ -28,6 +28,7 @@ from typing import Any, TextIO
 
 from treesearch.budget import Budget, Ledger
 from treesearch.config import ConfigError, JobConfig, parse_override
+from treesearch.safeio import iter_rows
 
 UNITS = ("generated_tokens", "total_tokens", "flops", "generator_calls")
 Z95 = 1.959964  # two-sided 95% normal quantile
@@ -127,8 +128,12 @@ def plan(
 
 
 def read_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """The latest row of each problem of a cell's run dir (failed ones excluded)."""
     path = run_dir / "results.jsonl"
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+    if not path.is_file():
+        return []
+    latest = {row["id"]: row for _, row in iter_rows(path)}
+    return [r for r in latest.values() if r.get("status", "ok") == "ok"]
 
 
 def cell_row(cell: Cell, unit: str, rows: list[dict[str, Any]], wall_seconds: float) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from treesearch.config import ConfigError
 from treesearch.export import to_dot, to_graphml
-from treesearch.tree import Tree
+from treesearch.safeio import read_tree_file
 from treesearch.viewer import RunData, problem_payload, render_html, run_payload
 
 FORMATS = ("json", "graphml", "dot", "html")
@@ -26,10 +26,7 @@ def _run_dir_of(tree_file: Path) -> Path | None:
 
 
 def _render(data: RunData, tree_file: Path, fmt: str) -> str:
-    try:
-        tree = Tree.from_msgpack(tree_file.read_bytes())
-    except Exception as e:  # a truncated or foreign file
-        raise ConfigError(f"{tree_file}: not a treesearch tree ({e})") from e
+    tree = read_tree_file(tree_file)
     doc = data.doc(tree)
     if fmt == "json":
         return json.dumps(doc, indent=1) + "\n"
@@ -51,18 +48,25 @@ def export(target: str, fmt: str, out: str | None) -> list[Path]:
         if not trees:
             raise ConfigError(f"{src}: no trees/*.msgpack (is it a run dir?)")
         dest = Path(out) if out else src / "export"
-        dest.mkdir(parents=True, exist_ok=True)
+        if dest.exists() and not dest.is_dir():
+            raise ConfigError(
+                f"-o {dest}: exists and is not a directory (a run dir exports one file per tree)"
+            )
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"-o {dest}: cannot create it: {e.strerror or e}") from e
         data = RunData(src)
         written = []
         for t in trees:
             path = dest / f"{t.stem}.{fmt}"
-            path.write_text(_render(data, t, fmt))
+            _write(path, _render(data, t, fmt))
             written.append(path)
         return written
     if not src.is_file():
         raise ConfigError(f"{src}: no such tree file or run dir")
     path = Path(out) if out else src.with_suffix(f".{fmt}")
-    path.write_text(_render(RunData(_run_dir_of(src)), src, fmt))
+    _write(path, _render(RunData(_run_dir_of(src)), src, fmt))
     return [path]
 
 
@@ -76,5 +80,14 @@ def view(run_dir: str, compare: str | None, out: str | None) -> Path:
             raise ConfigError(f"{p}: not a run dir (needs config.yaml and trees/)")
         runs.append(run_payload(p))
     path = Path(out) if out else Path(run_dir) / "view.html"
-    path.write_text(render_html(runs))
+    _write(path, render_html(runs))
     return path
+
+
+def _write(path: Path, text: str) -> None:
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory (name an output file)")
+    try:
+        path.write_text(text)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot write it: {e.strerror or e}") from e

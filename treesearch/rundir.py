@@ -19,12 +19,14 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
 
 from treesearch.config import ConfigError, JobConfig
+from treesearch.safeio import MAX_ROW_BYTES, iter_rows, read_json, read_yaml
 
 # Fields that change how a run executes, not what it computes.
 OPERATIONAL = {
@@ -56,6 +58,8 @@ class RunDir:
 
     def __init__(self, out: Path, cfg: JobConfig, resume: bool = False):
         self.out, self.save_trees = out, cfg.run.save_trees
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {out}: exists and is not a directory")
         self.hash = config_hash(cfg)
         meta_path = out / "run.json"
         existing = meta_path.is_file() or (out / "results.jsonl").is_file()
@@ -64,15 +68,12 @@ class RunDir:
                 f"{out} holds a run already: pass --resume to continue it, or choose another --out"
             )
         self.meta: dict[str, Any] = {"config_hash": self.hash, "sessions": []}
-        self.finished: dict[str, dict[str, Any]] = {}
+        self.finished: dict[str, str] = {}  # id -> status of its latest row (not the rows: 10^5 of them)
         if existing:
-            self.meta = json.loads(meta_path.read_text()) if meta_path.is_file() else self.meta
+            self.meta = read_json(meta_path) if meta_path.is_file() else self.meta
+            _check_meta(self.meta, meta_path)
             if self.meta["config_hash"] != self.hash:
-                old = (
-                    yaml.safe_load((out / "config.yaml").read_text())
-                    if (out / "config.yaml").is_file()
-                    else {}
-                )
+                old = read_yaml(out / "config.yaml") if (out / "config.yaml").is_file() else {}
                 changed = [
                     p for p in _diff(old, cfg.to_dict()) if p.split(".")[-1] not in _operational_keys()
                 ]
@@ -81,10 +82,13 @@ class RunDir:
                     f"(run {self.meta['config_hash']}, now {self.hash})"
                 )
             self.finished = self._read_finished()
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        if self.save_trees:
-            (out / "trees").mkdir(exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            if self.save_trees:
+                (out / "trees").mkdir(exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"--out {out}: cannot write there: {e.strerror or e}") from e
         self.session = {
             "started": time.time(),
             "wall_seconds": 0.0,
@@ -95,16 +99,34 @@ class RunDir:
         self._write_meta()
         self._results: TextIO = (out / "results.jsonl").open("a")
 
-    def _read_finished(self) -> dict[str, dict[str, Any]]:
+    def _read_finished(self) -> dict[str, str]:
         path = self.out / "results.jsonl"
         if not path.is_file():
             return {}
-        raw = path.read_bytes()
-        good_end = raw.rfind(b"\n") + 1  # a torn last line (killed mid-write) is dropped
-        if good_end != len(raw):
-            path.write_bytes(raw[:good_end])
-        rows = [json.loads(x) for x in raw[:good_end].decode().splitlines() if x.strip()]
-        return {r["id"]: r for r in rows}
+        finished, good_end = {}, 0
+        for _, row in iter_rows(path):
+            finished[row["id"]] = row.get("status", "ok")
+        with path.open("rb") as f:  # a torn last line (killed mid-write) is cut off
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - MAX_ROW_BYTES - 1))
+            tail = f.read()
+            good_end = size - len(tail) + tail.rfind(b"\n") + 1 if b"\n" in tail else 0
+        if good_end != size:
+            with path.open("r+b") as f:
+                f.truncate(good_end)
+        return finished
+
+    def rows(self, ids: set[str] | None = None) -> Iterator[dict[str, Any]]:
+        """The latest row of each finished problem (of ``ids``), streamed from ``results.jsonl``
+        in two passes (a re-run problem has several lines; the last one counts)."""
+        path = self.out / "results.jsonl"
+        if not path.is_file():
+            return
+        latest = {row["id"]: i for i, row in iter_rows(path)}
+        for i, row in iter_rows(path):
+            if latest[row["id"]] == i and (ids is None or row["id"] in ids):
+                yield row
 
     def _write_meta(self) -> None:
         tmp = self.out / ".run.json.tmp"
@@ -116,7 +138,7 @@ class RunDir:
             (self.out / "trees" / f"{row['id']}.msgpack").write_bytes(tree_bytes)
         self._results.write(json.dumps(row) + "\n")
         self._results.flush()
-        self.finished[row["id"]] = row
+        self.finished[row["id"]] = row.get("status", "ok")
         self.session["problems_run"] += 1
 
     def finish(self, summary: dict[str, Any], session_wall_seconds: float) -> None:
@@ -128,6 +150,15 @@ class RunDir:
     @property
     def wall_seconds(self) -> float:
         return sum(s["wall_seconds"] for s in self.meta["sessions"])
+
+
+def _check_meta(meta: dict[str, Any], path: Path) -> None:
+    sessions = meta.get("sessions")
+    ok = isinstance(meta.get("config_hash"), str) and isinstance(sessions, list)
+    if not ok or not all(
+        isinstance(s, dict) and isinstance(s.get("wall_seconds", 0.0), int | float) for s in sessions
+    ):
+        raise ConfigError(f"{path}: not a run.json this tool wrote (config_hash, sessions)")
 
 
 def _operational_keys() -> set[str]:

@@ -20,7 +20,7 @@ import asyncio
 import dataclasses
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
@@ -81,26 +81,32 @@ def max_failures(cfg: JobConfig, n_problems: int) -> int:
 
 
 def summarize(
-    job: Job, rows: list[dict[str, Any]], wall_seconds: float, extra: dict[str, Any]
+    job: Job, rows: Iterable[dict[str, Any]], wall_seconds: float, extra: dict[str, Any]
 ) -> dict[str, Any]:
-    """Totals over finished problems (``results.jsonl`` rows): every session of a resumed run.
-
-    Failed problems are counted apart and left out of accuracy and coverage; their compute
-    is in the ledger (it was spent)."""
+    """Totals over finished problems (``results.jsonl`` rows, streamed): every session of a
+    resumed run. Failed problems are counted apart and left out of accuracy and coverage;
+    their compute is in the ledger (it was spent)."""
     cfg = job.cfg
-    ok = [r for r in rows if r.get("status", "ok") != FAILED]
-    n = len(ok)
     total = Ledger()
+    n = correct = covered = nodes = 0
+    failed_ids: list[str] = []
     for r in rows:
         total.add(Ledger.from_dict(r["ledger"]))
+        if r.get("status", "ok") == FAILED:
+            failed_ids.append(r["id"])
+            continue
+        n += 1
+        correct += r["correct"]
+        covered += r["covered"]
+        nodes += r["nodes"]
     total.wall_seconds = wall_seconds
     verifier, oracle = job.verifier
     return {
         "n_problems": n,
-        "failed": len(rows) - n,
-        "failed_ids": sorted(r["id"] for r in rows if r.get("status") == FAILED),
-        "accuracy": sum(r["correct"] for r in ok) / n if n else 0.0,
-        "coverage": sum(r["covered"] for r in ok) / n if n else 0.0,
+        "failed": len(failed_ids),
+        "failed_ids": sorted(failed_ids)[:100],
+        "accuracy": correct / n if n else 0.0,
+        "coverage": covered / n if n else 0.0,
         "algorithm": cfg.algorithm["name"],
         "task": cfg.task.name,
         "split": cfg.task.split,
@@ -108,7 +114,7 @@ def summarize(
         "budget": {k: v for k, v in dataclasses.asdict(cfg.budget).items() if v is not None},
         "verifier": verifier,
         "oracle_verifier": oracle,
-        "mean_nodes": sum(r["nodes"] for r in ok) / n if n else 0.0,
+        "mean_nodes": nodes / n if n else 0.0,
         "ledger": total.to_dict(),
         **extra,
     }
@@ -169,7 +175,7 @@ def run_job(
         plane = LocalPlane(job, generator, scorer, job.cfg.run.save_trees)
     rundir = RunDir(out, job.cfg, resume or retry_failed)
     if retry_failed:
-        todo = [p for p in job.problems if rundir.finished.get(p.id, {}).get("status") == FAILED]
+        todo = [p for p in job.problems if rundir.finished.get(p.id) == FAILED]
     else:
         todo = [p for p in job.problems if p.id not in rundir.finished]
     bar = Progress(len(job.problems), done=len(job.problems) - len(todo)) if progress else None
@@ -184,8 +190,7 @@ def run_job(
     if todo:
         counters = asyncio.run(plane.run(todo, on_result, max_failures(job.cfg, len(job.problems))))
     session = time.perf_counter() - started
-    ids = {p.id for p in job.problems}
-    rows = [r for pid, r in rundir.finished.items() if pid in ids]
+    rows = rundir.rows({p.id for p in job.problems})
     meta = {
         **counters,
         **(extra() if extra else {}),

@@ -277,16 +277,34 @@ class Tree:
 
     @classmethod
     def from_msgpack(cls, data: bytes) -> Tree:
-        payload = msgpack.unpackb(data, raw=False, strict_map_key=False)
-        if payload.get("version") != MSGPACK_VERSION:
-            raise ValueError(f"unsupported tree msgpack version {payload.get('version')}")
+        """The inverse of :meth:`to_msgpack`. Bytes from anywhere are safe to give it: no
+        declared length may exceed the data's own size (so nothing is allocated beyond it), and
+        the tree's shape is checked; a bad file raises :class:`TreeFormatError`."""
+        n = len(data)
+        try:
+            payload = msgpack.unpackb(
+                data, raw=False, strict_map_key=False, max_str_len=n, max_bin_len=n,
+                max_array_len=n, max_map_len=n, max_ext_len=0,
+            )  # fmt: skip
+        except (ValueError, TypeError, UnicodeDecodeError, msgpack.ExtraData, msgpack.UnpackException) as e:
+            raise TreeFormatError(f"not msgpack ({type(e).__name__}: {str(e)[:100]})") from e
+        if not isinstance(payload, dict) or payload.get("version") != MSGPACK_VERSION:
+            version = payload.get("version") if isinstance(payload, dict) else None
+            raise TreeFormatError(f"unsupported tree msgpack version {version!r}")
+        arrays = payload.get("arrays")
+        if not isinstance(arrays, dict):
+            raise TreeFormatError("no scalar arrays")
         d = {k: v for k, v in payload.items() if k not in ("version", "arrays")}
         for name, code in _SCALAR_FIELDS:
+            raw = arrays.get(name)
             a = array(code)
-            a.frombytes(payload["arrays"][name])
+            if not isinstance(raw, bytes) or len(raw) % a.itemsize:
+                raise TreeFormatError(f"array {name!r} is not {a.itemsize}-byte items")
+            a.frombytes(raw)
             if _BIG_ENDIAN:
                 a.byteswap()
             d[name] = a
+        _check_shape(d)
         return cls.from_dict(d)
 
     def to_json(self) -> str:
@@ -298,14 +316,52 @@ class Tree:
     @classmethod
     def from_json(cls, text: str) -> Tree:
         obj = json.loads(text)
-        if obj.get("version") != JSON_VERSION:
-            raise ValueError(f"unsupported tree JSON version {obj.get('version')}")
+        if not isinstance(obj, dict) or obj.get("version") != JSON_VERSION:
+            raise TreeFormatError(
+                f"unsupported tree JSON version {obj.get('version') if isinstance(obj, dict) else None}"
+            )
         d = obj["tree"]
         d["prm_score"] = [math.nan if x is None else x for x in d["prm_score"]]
         return cls.from_dict(d)
 
 
 _BIG_ENDIAN = array("i", [1]).tobytes()[0] == 0
+
+
+class TreeFormatError(ValueError):
+    """Bytes that are not a tree this version wrote (a truncated, foreign or crafted file)."""
+
+
+def _check_shape(d: dict[str, Any]) -> None:
+    """A decoded tree is a tree: every array as long as the rest, parents before children."""
+    n = len(d["parent"])
+    if not n:
+        raise TreeFormatError("no root")
+    for name, _ in _SCALAR_FIELDS:
+        if len(d[name]) != n:
+            raise TreeFormatError(f"array {name!r} has {len(d[name])} nodes, parent has {n}")
+    for name, kind in (("step_text", str), ("token_ids", list), ("answer", (str, type(None)))):
+        items = d.get(name)
+        if not isinstance(items, list) or len(items) != n or not all(isinstance(x, kind) for x in items):
+            raise TreeFormatError(f"{name!r} must be a list of {n} items of the right type")
+    if not all(isinstance(t, int) and not isinstance(t, bool) for ids in d["token_ids"] for t in ids):
+        raise TreeFormatError("token ids must be integers")
+    if not isinstance(d.get("problem_id"), str) or not isinstance(d.get("commits"), int):
+        raise TreeFormatError("problem_id must be a string and commits an integer")
+    parent, depth, status = d["parent"], d["depth"], d["status"]
+    if parent[0] != NO_PARENT or depth[0] != 0:
+        raise TreeFormatError("node 0 must be the root")
+    for i in range(1, n):
+        if not 0 <= parent[i] < i:
+            raise TreeFormatError(f"node {i}: parent {parent[i]} is not an earlier node")
+        if depth[i] != depth[parent[i]] + 1:
+            raise TreeFormatError(f"node {i}: depth {depth[i]} under a parent of depth {depth[parent[i]]}")
+    if any(s not in (OPEN, TERMINAL, PRUNED) for s in status):
+        raise TreeFormatError("a node status is not open, terminal or pruned")
+    if min(d["visits"]) < 0 or min(d["virtual_loss"]) < 0:
+        raise TreeFormatError("visit and virtual-loss counts must be >= 0")
+    if not all(math.isfinite(x) for x in d["value_sum"]) or not all(0.0 <= x <= 1.0 for x in d["prior"]):
+        raise TreeFormatError("values must be finite and priors in [0, 1]")
 
 
 def _le_bytes(a: array) -> bytes:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from treesearch.export import to_json_doc
+from treesearch.safeio import read_tree_file
 from treesearch.tree import Tree
 
 
@@ -59,20 +60,18 @@ class RunData:
         self.checker = None
         if run_dir is None:
             return
-        import yaml
-
         from treesearch.config import JobConfig, build
+        from treesearch.safeio import iter_rows, read_json, read_yaml
 
         results = run_dir / "results.jsonl"
-        for line in results.read_text().splitlines() if results.is_file() else []:
-            if line.strip():
-                row = json.loads(line)
+        if results.is_file():
+            for _, row in iter_rows(results):
                 self.rows[row["id"]] = row
         if (run_dir / "summary.json").is_file():
-            self.summary = json.loads((run_dir / "summary.json").read_text())
-        self.checker = correctness_checker(
-            build(JobConfig, yaml.safe_load((run_dir / "config.yaml").read_text()), "")
-        ) or (lambda tree: None)
+            self.summary = read_json(run_dir / "summary.json")
+        self.checker = correctness_checker(build(JobConfig, read_yaml(run_dir / "config.yaml"), "")) or (
+            lambda tree: None
+        )
 
     def doc(self, tree: Tree) -> dict[str, Any]:
         return to_json_doc(tree, self.rows.get(tree.problem_id), self.checker(tree) if self.checker else None)
@@ -92,7 +91,7 @@ def run_payload(run_dir: Path, name: str | None = None) -> dict[str, Any]:
     data = RunData(run_dir)
     problems = []
     for f in sorted((run_dir / "trees").glob("*.msgpack")):
-        tree = Tree.from_msgpack(f.read_bytes())
+        tree = read_tree_file(f)
         problems.append(problem_payload(data.doc(tree), data.rows.get(tree.problem_id)))
     return data.run(name or run_dir.name, problems)
 
