@@ -20,11 +20,14 @@ It knows nothing about the search. A batch of requests is split across replicas:
   ``ActorUnavailableError`` while it restarts) or does not answer within
   ``request_timeout_s`` (then it is killed so Ray restarts it), the call's requests are
   re-issued to another replica. Each request's result is delivered exactly once, so the
-  ledger, which counts delivered results, never double counts. A replica that lost
-  ``gone_after`` calls in a row without answering one is taken as gone; when every replica
-  is gone, requests fail with :class:`treesearch.protocol.BackendUnavailable` (the job
-  stops); a request that fails ``max_retries`` re-issues fails with :class:`DispatchError`
-  (its problem fails).
+  ledger, which counts delivered results, never double counts. A replica that refused
+  ``gone_after`` calls in a row at once (Ray answers calls to an actor it will not restart
+  with an immediate ``ActorDiedError``; calls lost in flight when a replica died do not count:
+  Ray restarts it) is taken as gone; when every replica is gone, requests fail with
+  :class:`treesearch.protocol.BackendUnavailable` (the job stops). A request lost
+  ``max_retries`` + 1 times fails with :class:`DispatchError` (its problem fails); waiting on
+  replicas that Ray is restarting (``ActorUnavailableError``: a vLLM engine takes a minute to
+  come back) is not charged to those retries but bounded by ``restart_wait_s``.
 
 Results are delivered per call as they come (:meth:`ReplicaPool.dispatch`): a straggling
 replica holds only the requests it serves.
@@ -42,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import ray
-from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from treesearch.batcher import Reply, replies
 from treesearch.protocol import BackendUnavailable
@@ -52,6 +55,7 @@ Res = TypeVar("Res")
 
 # Exceptions that mean "this replica is gone or restarting": re-issue, do not fail the job.
 REPLICA_LOST = (RayActorError, ActorUnavailableError)
+REFUSED_S = 0.05  # a call that fails this fast was refused, not lost in flight
 
 
 class DispatchError(RuntimeError):
@@ -92,7 +96,9 @@ class ReplicaPool(Generic[Req, Res]):
       retry_delay_s: first back-off after a loss (doubles each retry, at most 5 s).
       request_timeout_s: a call not answered by then is re-issued and its replica restarted
         (None: no deadline).
-      gone_after: consecutive lost calls after which a replica is taken as gone.
+      gone_after: calls refused at once in a row after which a replica is taken as gone.
+      restart_wait_s: how long a request waits, in all, on replicas Ray is restarting
+        (``ActorUnavailableError``: not charged to ``max_retries``) before it fails.
       balance: active keys a replica may be home to, as a multiple of the mean.
       idle_s: a key without requests for this long is no longer active.
       restart: ``restart(handle)`` for a replica that did not answer in time (default: kill
@@ -111,6 +117,7 @@ class ReplicaPool(Generic[Req, Res]):
         retry_delay_s: float = 0.2,
         request_timeout_s: float | None = None,
         gone_after: int = 8,
+        restart_wait_s: float = 600.0,
         balance: float = 1.1,
         idle_s: float = 30.0,
         restart: Callable[[Any], None] | None = None,
@@ -122,10 +129,11 @@ class ReplicaPool(Generic[Req, Res]):
         self.affinity_bound, self.max_batch = affinity_bound, max_batch
         self.max_retries, self.retry_delay_s = max_retries, retry_delay_s
         self.request_timeout_s, self.gone_after = request_timeout_s, gone_after
+        self.restart_wait_s = restart_wait_s
         n = len(self.handles)
         self.load = [0] * n  # this pool's requests in flight per replica
         self.others = [0] * n  # other callers' requests at each replica, as of its last answer
-        self.lost = [0] * n  # consecutive lost calls
+        self.lost = [0] * n  # calls refused at once, in a row
         self.gone = [False] * n
         self.stats = PoolStats(routed=[0] * n, busy_seconds=[0.0] * n)
         self.max_calls_in_flight = max_calls_in_flight
@@ -280,30 +288,47 @@ class ReplicaPool(Generic[Req, Res]):
 
     async def _serve(self, r: int, batch: list[Req], answers: list[Reply]) -> None:
         n = len(batch)
+        attempt, restarting_s = 0, 0.0  # losses charged to these requests; time spent on restarts
         try:
-            for attempt in range(self.max_retries + 1):
+            while True:
+                started = time.perf_counter()
                 try:
                     out = await self._call(r, batch)
                     self.lost[r] = 0
                     break
                 except (TimeoutError, *REPLICA_LOST) as e:
+                    took = time.perf_counter() - started
                     if isinstance(e, asyncio.TimeoutError):
                         self.stats.timeouts += 1
                         self.restart(self.handles[r])  # a hung replica: Ray restarts it
-                    self.lost[r] += 1
+                    # Refused at once by an actor Ray will not restart: towards "gone". A call
+                    # lost in flight, or to a replica Ray is restarting, is not.
+                    refused = isinstance(e, ActorDiedError) and took < REFUSED_S
+                    self.lost[r] = self.lost[r] + 1 if refused else 0
                     if self.lost[r] >= self.gone_after:
                         self.gone[r] = True
-                    if attempt == self.max_retries:
-                        raise DispatchError(
-                            f"request lost {self.max_retries + 1} times; "
-                            f"last: replica {r}: {type(e).__name__}"
-                        ) from e
+                    if isinstance(e, ActorUnavailableError):  # restarting: waits, bounded in time
+                        restarting_s += took
+                        if restarting_s > self.restart_wait_s:
+                            raise DispatchError(
+                                f"replicas restarting for more than {self.restart_wait_s:.0f} s; "
+                                f"last: replica {r}: {type(e).__name__}"
+                            ) from e
+                    else:
+                        attempt += 1
+                        if attempt > self.max_retries:
+                            raise DispatchError(
+                                f"request lost {self.max_retries + 1} times; "
+                                f"last: replica {r}: {type(e).__name__}"
+                            ) from e
                     self.stats.reissued += n
                     new = self._reroute(r)
                     self.load[r] -= n
                     self.load[new] += n
                     r = new
-                await asyncio.sleep(min(5.0, self.retry_delay_s * 2**attempt))
+                    delay = min(5.0, self.retry_delay_s * 2 ** min(attempt, 10))
+                    restarting_s += delay if isinstance(e, ActorUnavailableError) else 0.0
+                    await asyncio.sleep(delay)
             if len(out) != n:
                 raise DispatchError(f"replica {r} returned {len(out)} results for {n} requests")
         except Exception as e:  # this call's requests fail; other calls go on

@@ -14,13 +14,16 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Iterator
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -32,6 +35,7 @@ from treesearch.config import ResourcesConfig
 from treesearch.job import Job, engine_scorer
 from treesearch.runner import LocalPlane, run_job
 
+REPLICA_PREFIX = "treesearch/"  # replica actor names: treesearch/<pool>/<index>/<suffix>
 REPLICAS_PER_WORKER = 64  # generator replicas one search worker keeps busy (benchmarks/README.md)
 
 
@@ -72,6 +76,8 @@ class Pool:
     handles: list[Any]
     infos: list[dict]
     groups: list[Any]
+    what: str = ""
+    cfg: Any = None
 
     def stop(self) -> None:
         stop(self.handles, self.groups)
@@ -92,8 +98,8 @@ def _free() -> dict[str, float]:
     }
 
 
-def start_pool(cfg: Any, seed: int, what: str) -> Pool:
-    """``resources.replicas`` replicas of the backend ``cfg`` selects, up and answering."""
+def launch_pool(cfg: Any, seed: int, what: str) -> Pool:
+    """Creates ``resources.replicas`` replicas of the backend ``cfg`` selects (not waited for)."""
     res: ResourcesConfig = cfg.resources
     ranks = cfg.ranks if what == "generator" else 1
     handles, groups = [], []
@@ -101,22 +107,73 @@ def start_pool(cfg: Any, seed: int, what: str) -> Pool:
         opts = actor_options(res, ranks)
         if "scheduling_strategy" in opts:
             groups.append(opts["scheduling_strategy"].placement_group)
+        # a name operators (and benchmarks/chaos.py) can find in `ray list actors`; the suffix
+        # keeps two pools of one namespace (a compare, a test module) apart
+        opts["name"] = f"{REPLICA_PREFIX}{what}/{i}/{uuid.uuid4().hex[:8]}"
         handles.append(ReplicaActor.options(**opts).remote(cfg, WorkerEnv(i, seed)))
+    return Pool(handles, [], groups, what, cfg)
+
+
+def wait_pools(pools: list[Pool], say: Callable[[str], None] | None = None) -> None:
+    """Waits until every replica of ``pools`` answers, saying each one's start as it comes
+    (``say``); pools start at once. A replica that cannot start stops them all with its cause,
+    or, past its pool's ``startup_timeout_s``, with what it asked for and what is free."""
+    t0 = time.perf_counter()
+    pending = {h.info.remote(): (p, i) for p in pools for i, h in enumerate(p.handles)}
+    for p in pools:
+        p.infos = [{}] * len(p.handles)
+        if say is not None:
+            say(f"{p.what}: starting {len(p.handles)} replica(s) ({describe_backend(p.cfg)})")
     try:
-        infos = ray.get([h.info.remote() for h in handles], timeout=res.startup_timeout_s)
-    except GetTimeoutError as e:
-        free = _free()
-        stop(handles, groups)
-        asked = {"CPU": res.num_cpus, "GPU": res.num_gpus * (ranks if ranks > 1 else 1), **res.custom}
-        raise RuntimeError(
-            f"{what} replicas did not start within {res.startup_timeout_s:.0f} s: each asks {asked}"
-            + (f" on one node ({ranks} ranks)" if ranks > 1 else "")
-            + f", the cluster has {free} free"
-        ) from e
+        while pending:
+            # each pool keeps its own deadline: the soonest one among those still starting
+            p = min((pending[r][0] for r in pending), key=lambda q: q.cfg.resources.startup_timeout_s)
+            res = p.cfg.resources
+            left = res.startup_timeout_s - (time.perf_counter() - t0)
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, left))
+            if not done:
+                ranks = p.cfg.ranks if p.what == "generator" else 1
+                asked = {"CPU": res.num_cpus, "GPU": res.num_gpus * (ranks if ranks > 1 else 1), **res.custom}
+                raise RuntimeError(
+                    f"{p.what} replicas did not start within {res.startup_timeout_s:.0f} s: each asks {asked}"
+                    + (f" on one node ({ranks} ranks)" if ranks > 1 else "")
+                    + f", the cluster has {_free()} free"
+                )
+            ref = done[0]
+            p, i = pending.pop(ref)
+            p.infos[i] = ray.get(ref)
+            if say is not None:
+                took = time.perf_counter() - t0
+                say(f"{p.what} {i + 1}/{len(p.handles)} ({describe_backend(p.cfg)}) ready in {took:.0f} s")
     except RayActorError as e:
-        stop(handles, groups)
-        raise RuntimeError(f"{what} replica failed to start: {_root_cause(e)}") from e
-    return Pool(handles, infos, groups)
+        for p in pools:
+            p.stop()
+        raise RuntimeError(
+            f"{pending.get(ref, (pools[0],))[0].what} replica failed to start: {_root_cause(e)}"
+        ) from e
+    except BaseException:
+        for p in pools:
+            p.stop()
+        raise
+
+
+def start_pool(cfg: Any, seed: int, what: str) -> Pool:
+    """``resources.replicas`` replicas of the backend ``cfg`` selects, up and answering."""
+    pool = launch_pool(cfg, seed, what)
+    wait_pools([pool])
+    return pool
+
+
+def describe_backend(cfg: Any) -> str:
+    """``vllm, embedded policy`` / ``math_shepherd on vllm, /models/prm``: what a pool runs."""
+    from treesearch.models import EMBEDDED_DIR
+
+    fields = vars(cfg)  # only model-backed sections have a model and an engine
+    model, engine = fields.get("model"), fields.get("engine")
+    where = ""
+    if model:
+        where = f", embedded {Path(model).name}" if Path(model).parent == EMBEDDED_DIR else f", {model}"
+    return f"{cfg.backend}{f' on {engine}' if engine and engine != 'transformers' else ''}{where}"
 
 
 def check_placement(res: ResourcesConfig, ranks: int, placements: list[dict[str, Any]]) -> list[str]:
@@ -154,17 +211,16 @@ class Replicas:
         stop(self.generator + self.prm, self.groups)
 
 
-def start_replicas(job: Job) -> Replicas:
-    """Starts both pools (Ray must be initialised)."""
+def start_replicas(job: Job, say: Callable[[str], None] | None = None) -> Replicas:
+    """Starts both pools at once (Ray must be initialised); ``say`` hears each replica start."""
     cfg = job.cfg
-    gen = start_pool(cfg.generator, cfg.run.seed, "generator")
+    gen = launch_pool(cfg.generator, cfg.run.seed, "generator")
+    pools = [gen]
     prm = Pool([], [{"num_parameters": 0.0}], [])
     if not job.prm.engine_side:
-        try:
-            prm = start_pool(cfg.prm, cfg.run.seed, "PRM")
-        except Exception:
-            gen.stop()
-            raise
+        prm = launch_pool(cfg.prm, cfg.run.seed, "PRM")
+        pools.append(prm)
+    wait_pools(pools, say)
     return Replicas(
         gen.handles, prm.handles, gen.infos[0]["num_parameters"], prm.infos[0]["num_parameters"], gen.groups
     )
@@ -196,37 +252,51 @@ class Backends:
         self.replicas.shutdown()
 
 
-def start_backends(job: Job) -> Backends:
-    replicas = start_replicas(job)
+def start_backends(job: Job, say: Callable[[str], None] | None = None) -> Backends:
+    replicas = start_replicas(job, say)
     return Backends(replicas, *transports(job, replicas))
 
 
 # ----------------------------------------------------------------------------- ray, runs
-def init_ray(address: str | None, num_cpus: int | None) -> bool:
-    """Connects to ``address``, or starts a local Ray; True if this call started it. Actor logs
-    reach the driver's stderr, so an engine's own start-up error shows above our summary of it."""
+def init_ray(address: str | None, num_cpus: int | None, verbose: bool = False) -> bool:
+    """Connects to ``address``, or starts a local Ray; True if this call started it. Replica
+    logs (vLLM, Triton, NUMA lines) stay in Ray's session log files unless ``verbose``; a
+    replica that fails to start still surfaces its cause (its exception carries it)."""
     if ray.is_initialized():
         return False
     if address:
-        ray.init(address=address)
+        ray.init(address=address, log_to_driver=verbose)
     else:
         ray.init(
             address="local",  # never a stray cluster
             num_cpus=num_cpus,
             include_dashboard=False,
+            log_to_driver=verbose,
             # vLLM's per-engine INFO lines drown the progress line; warnings and errors still show
             runtime_env={"env_vars": {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}},
         )
     return True
 
 
+def session_logs() -> str:
+    """Where this Ray session keeps its processes' logs (on the head node)."""
+    from ray._private.worker import global_worker  # no public API names the session dir
+
+    node = getattr(global_worker, "node", None)
+    return str(Path(node.get_session_dir_path()) / "logs") if node is not None else "Ray's session dir"
+
+
 @contextlib.contextmanager
-def backends_for(job: Job, address: str | None = None) -> Iterator[Backends]:
+def backends_for(
+    job: Job, address: str | None = None, say: Callable[[str], None] | None = None, verbose: bool = True
+) -> Iterator[Backends]:
     """Started replicas for ``job`` on Ray (local unless ``address``), shut down on exit (with
     the local Ray instance, if this call started it). Every run inside shares them."""
-    started = init_ray(address, job.cfg.run.ray_num_cpus)
+    started = init_ray(address, job.cfg.run.ray_num_cpus, verbose)
+    if say is not None and not verbose:
+        say(f"replica logs (vLLM and others): {session_logs()} (--verbose shows them here)")
     try:
-        backends = start_backends(job)
+        backends = start_backends(job, say)
     except Exception:
         if started:
             ray.shutdown()
@@ -254,9 +324,13 @@ def run_on_ray(
     progress: bool = True,
     resume: bool = False,
     retry_failed: bool = False,
+    verbose: bool = False,
 ) -> dict[str, Any]:
-    """Runs ``job`` with replica pools on Ray (local unless ``address``); returns the summary."""
-    with backends_for(job, address) as b:
+    """Runs ``job`` with replica pools on Ray (local unless ``address``); returns the summary.
+    With ``progress``, each replica's start and readiness is said on stderr; replica logs
+    reach it only when ``verbose``."""
+    say = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else None
+    with backends_for(job, address, say, verbose) as b:
         workers = worker_count(job)
         if workers == 0:  # the engine in this process
             plane: Any = LocalPlane(job, b.generator, engine_scorer(job, b.generator, b.scorer))

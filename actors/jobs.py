@@ -27,6 +27,7 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 import actors
 import treesearch
 from treesearch.config import ConfigError, load_config
+from treesearch.progress import describe_status
 from treesearch.runner import format_summary
 from treesearch.storage import is_uri, read_text
 
@@ -68,9 +69,7 @@ def submit(
             src = Path(pkg.__file__).parent
             shutil.copytree(src, stage / src.name, ignore=shutil.ignore_patterns("__pycache__"))
         (stage / "job.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        entrypoint = (
-            f"python -m treesearch.cli run job.yaml --address auto --quiet --resume --out {shlex.quote(out)}"
-        )
+        entrypoint = f"python -m treesearch.cli run job.yaml --address auto --resume --out {shlex.quote(out)}"
         stem = name or Path(config).stem
         return client(address).submit_job(
             entrypoint=entrypoint,
@@ -83,7 +82,18 @@ def submit(
 
 
 def status(address: str, job_id: str) -> str:
-    return str(client(address).get_job_status(job_id).value)
+    """The job's state; below it, once the run has started, its live figures (the run dir's
+    ``status.json``, read where the job's metadata says the run dir is)."""
+    info = client(address).get_job_info(job_id)
+    state = str(info.status.value)
+    out = (info.metadata or {}).get("treesearch_out")
+    if not out:
+        return state
+    try:
+        live = json.loads(read_text(out, "status.json"))
+        return f"{state}\n{describe_status(live)}"
+    except (OSError, ValueError, KeyError, TypeError):  # not started yet, or not readable from here
+        return state
 
 
 def logs(address: str, job_id: str, follow: bool = False) -> None:

@@ -38,6 +38,8 @@ def replica_pool(handles: list[Any], res: ResourcesConfig, generate: bool) -> Re
         max_batch=res.max_batch,
         max_calls_in_flight=res.max_calls_in_flight,
         request_timeout_s=res.request_timeout_s,
+        max_retries=res.max_retries,
+        restart_wait_s=res.startup_timeout_s,  # a replica restarting takes as long as one starting
     )
 
 

@@ -20,7 +20,7 @@ import ray
 from actors.pools import dispatch_stats
 from actors.tree_store import StoreClient
 from treesearch.config import JobConfig
-from treesearch.engine import Lease, ProblemFeed, ProblemResult, run_problems
+from treesearch.engine import Lease, ProblemFeed, ProblemResult
 from treesearch.job import engine_scorer, local_backends, resolve
 from treesearch.store import TreeStore, decode_journal
 from treesearch.tasks.base import Problem
@@ -67,21 +67,9 @@ class SearchWorker:
     def _start(self) -> None:
         self.feed, self.arrived = ProblemFeed(), asyncio.Event()
         self.cpu0 = time.thread_time()
-        cfg = self.job.cfg
         self.engine = asyncio.ensure_future(
-            run_problems(
-                self.feed,
-                self.job.task,
-                self.job.search(),
-                self.generator,
-                self.scorer,
-                cfg.budget,
-                cfg.generator.max_step_tokens,
-                cfg.run.concurrency,
-                self._done,
-                store=self.store,
-                record=True,
-                shared_search=self.job.shared_search(),
+            self.job.run(
+                self.feed, self.generator, self.scorer, on_result=self._done, store=self.store, record=True
             )
         )
 

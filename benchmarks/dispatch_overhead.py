@@ -22,7 +22,6 @@ from actors.driver import start_backends, transports
 from actors.pools import GeneratorPool, ScorerPool
 from actors.replica import encode_batch
 from benchmarks.harness import table, zero_cost_job
-from treesearch.engine import run_problems
 from treesearch.job import engine_scorer
 
 
@@ -62,11 +61,7 @@ class NaiveScorer:
 def run(job, generator, scorer) -> dict[str, float]:
     scorer = engine_scorer(job, generator, scorer)
     t0 = time.perf_counter()
-    _, ledger, _ = asyncio.run(
-        run_problems(
-            job.problems, job.task, job.search(), generator, scorer, job.cfg.budget, 40, len(job.problems)
-        )
-    )
+    _, ledger, _ = asyncio.run(job.run(job.problems, generator, scorer, concurrency=len(job.problems)))
     wall = time.perf_counter() - t0
     return {
         "nodes": ledger.nodes,

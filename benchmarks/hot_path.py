@@ -26,7 +26,6 @@ import ray
 
 from actors.driver import start_backends, transports
 from benchmarks.harness import median_of, table, zero_cost_job
-from treesearch.engine import run_problems
 from treesearch.job import engine_scorer
 from treesearch.models import embedded_model
 from treesearch.prm.base import count_tokens
@@ -36,11 +35,8 @@ from treesearch.prm.math_shepherd import MathShepherdFormat
 def engine_run(job, replicas) -> dict[str, float]:
     gen, scorer = transports(job, replicas)
     scorer = engine_scorer(job, gen, scorer)
-    cfg = job.cfg
     t0 = time.perf_counter()
-    _, ledger, counters = asyncio.run(
-        run_problems(job.problems, job.task, job.search(), gen, scorer, cfg.budget, 40, cfg.run.concurrency)
-    )
+    _, ledger, counters = asyncio.run(job.run(job.problems, gen, scorer))
     wall = time.perf_counter() - t0
     return {
         "nodes": ledger.nodes,

@@ -1,6 +1,7 @@
 """Every benchmark's fast smoke mode runs and prints its ratio line (speed is not asserted:
 figures live in benchmarks/README.md)."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
         "async_vs_lockstep",
         "cluster_sim",
         "workers",
+        "long_job",
         "viewer_render",
         "prefix_reuse",
         "train_step",
@@ -51,3 +53,32 @@ def test_gpu_check_dry_run_plans_the_main_job_on_one_gpu():
     out = proc.stdout.splitlines()
     assert "generator 0: node0: GPU 0 x 0.5" in out and "prm 0: node0: GPU 0 x 0.5" in out
     assert out[-1].startswith("ratio: dry run: 2 replicas planned on 1 GPU")
+
+
+def test_chaos_smoke_loses_nothing_under_kills_a_hang_and_a_driver_kill(tmp_path):
+    """The chaos benchmark on deterministic backends: replica SIGKILLs, one SIGSTOP hang cleared
+    by the request deadline, one driver SIGKILL + resume; each problem answered exactly once and
+    the results and ledgers identical to the undisturbed run (the benchmark checks them: exit 0)."""
+    report = tmp_path / "chaos.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.chaos",
+            "--smoke",
+            "--out",
+            str(tmp_path / "w"),
+            "--json",
+            str(report),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads(report.read_text())
+    assert r["faults"] >= 8 and r["hangs"] == 1 and r["driver_kills"] == 1 and r["replica_kills"] >= 6
+    assert r["hang_cleared_s"] is not None
+    assert r["answered"] == r["unique"] == r["problems"] == 40 and r["failed"] == 0 and r["broken"] == []
+    assert proc.stdout.strip().splitlines()[-1].startswith("ratio:")

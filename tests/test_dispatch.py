@@ -3,9 +3,10 @@ re-issues after losses and hangs, and the end of a pool whose replicas are all g
 
 import asyncio
 import math
+import time
 
 import pytest
-from ray.exceptions import ActorUnavailableError
+from ray.exceptions import ActorDiedError, ActorUnavailableError
 
 from actors.dispatch import DispatchError, ReplicaPool, rendezvous_order
 from treesearch.batcher import replies
@@ -84,8 +85,8 @@ def test_lost_calls_are_reissued_elsewhere_and_a_hung_replica_is_restarted():
 
 
 def test_a_pool_with_every_replica_gone_stops_the_job_and_one_request_fails_alone():
-    async def dead(handle, batch):
-        raise ActorUnavailableError("gone", None)
+    async def dead(handle, batch):  # what Ray answers at once for an actor it will not restart
+        raise ActorDiedError()
 
     pool = ReplicaPool([0, 1], dead, key=lambda r: r, retry_delay_s=0.001, gone_after=2, max_retries=20)
     with pytest.raises(BackendUnavailable, match="all 2 replicas"):
@@ -93,3 +94,29 @@ def test_a_pool_with_every_replica_gone_stops_the_job_and_one_request_fails_alon
     flaky = ReplicaPool([0, 1], dead, key=lambda r: r, retry_delay_s=0.001, gone_after=100, max_retries=2)
     with pytest.raises(DispatchError, match="lost 3 times"):
         asyncio.run(flaky.submit(["a"]))
+
+
+def test_requests_wait_for_replicas_that_are_restarting_without_spending_their_retries():
+    """Both replicas restarting (Ray answers ActorUnavailableError for a while, as while a vLLM
+    engine comes back): the requests are served once one is back, though that took more
+    attempts than max_retries; a restart longer than restart_wait_s fails the request."""
+    t0 = {}
+
+    async def restarting(handle, batch):
+        t0.setdefault("t", time.perf_counter())
+        if time.perf_counter() - t0["t"] < 0.3:
+            raise ActorUnavailableError("restarting", None)
+        return [(handle, x) for x in batch], 0
+
+    pool = ReplicaPool([0, 1], restarting, key=lambda r: r, retry_delay_s=0.01, gone_after=2, max_retries=1)
+    out = asyncio.run(pool.submit(["a", "b", "c"]))
+    assert sorted(x for _, x in out) == ["a", "b", "c"] and not any(pool.gone)
+    assert pool.stats.reissued >= 3 * 2  # more losses than max_retries allows, none charged
+
+    async def never_back(handle, batch):
+        raise ActorUnavailableError("restarting", None)
+
+    slow = ReplicaPool([0, 1], never_back, key=lambda r: r, retry_delay_s=0.01, restart_wait_s=0.2)
+    with pytest.raises(DispatchError, match="restarting for more than 0 s"):
+        asyncio.run(slow.submit(["a"]))
+    assert not any(slow.gone)  # restarting is not gone

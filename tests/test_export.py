@@ -169,3 +169,47 @@ def test_model_text_is_escaped_everywhere(browser, tmp_path):
     assert page.evaluate("window.__pwned") is None  # nothing ran
     assert page.locator("main img").count() == 0 and page.locator("main b").count() == 0
     assert errors == []
+
+
+def test_a_live_view_shows_new_trees_as_a_running_job_finishes_them(browser, tmp_path):
+    """`treesearch view RUN_DIR --watch` beside a run that is still writing: the page (real
+    Chromium) reloads itself and shows trees that finished after it was opened; once the run
+    has finished, the last page written no longer reloads."""
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "live"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "treesearch.cli", "run", str(CONFIGS / "game24-mcts.yaml"), "--in-process",
+         "--quiet", "--limit", "8", "--out", str(out), "--set", "run.concurrency=1",
+         "--set", "generator.latency_s=1.0"],
+    )  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / "trees").glob("*.msgpack"))) < 1:
+        time.sleep(0.05)
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "treesearch.cli", "view", str(out), "--watch", "2"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    path = Path(watcher.stdout.readline().strip())
+    assert path == out / "view.html" and 'http-equiv="refresh"' in path.read_text()
+    page = browser.new_page()
+    page.goto(f"file://{path}")
+    page.wait_for_selector("body[data-ready='1']")
+    first = page.locator("a.problem-link").count()
+    assert 1 <= first < 8
+    deadline = time.time() + 120
+    seen = first
+    while time.time() < deadline and seen <= first:  # the page reloads itself; no action here
+        page.wait_for_timeout(300)
+        try:
+            seen = page.locator("a.problem-link").count()
+        except Exception:  # between two loads
+            continue
+    assert seen > first
+    assert run.wait(timeout=300) == 0 and watcher.wait(timeout=60) == 0  # the watch ends with the run
+    assert 'http-equiv="refresh"' not in path.read_text()  # the final page stays put
+    page.goto(f"file://{path}")
+    page.wait_for_selector("body[data-ready='1']")
+    assert page.locator("a.problem-link").count() == 8

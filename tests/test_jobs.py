@@ -4,6 +4,8 @@ Also URI outputs (``file://`` through pyarrow) with resume."""
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -38,7 +40,9 @@ def head():
     port, dash = _free_port(), _free_port()
     # the cluster's interpreter (what `python` means in a job's entrypoint) is this venv's
     env = {**os.environ, "RAY_ADDRESS": "", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    subprocess.run(
+    # --block in a session of its own: the teardown stops this head alone (`ray stop` would stop
+    # every Ray on the machine)
+    head = subprocess.Popen(
         [
             RAY,
             "start",
@@ -50,26 +54,28 @@ def head():
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dash}",
             "--disable-usage-stats",
+            "--block",
         ],
-        check=True,
-        capture_output=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         env=env,
-        timeout=180,
+        start_new_session=True,
     )
     address = f"http://127.0.0.1:{dash}"
-    deadline = time.time() + 120
-    while time.time() < deadline:  # the job server answers a little after `ray start` returns
+    deadline = time.time() + 180
+    while time.time() < deadline:  # the job server answers once the head is up
         if _cli("status", "no-such-job", "--address", address).returncode == 1:
             break
         time.sleep(1)
     yield address
-    subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+    os.killpg(head.pid, signal.SIGKILL)
+    head.wait(timeout=60)
 
 
 def _wait(address, job, states=("SUCCEEDED", "FAILED", "STOPPED"), timeout=240):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        state = _cli("status", job, "--address", address).stdout.strip()
+        state = _cli("status", job, "--address", address).stdout.strip().split("\n")[0]
         if state in states:
             return state
         time.sleep(1)
@@ -96,6 +102,8 @@ def test_submit_follow_logs_and_read_the_same_summary_as_a_local_run(head, tmp_p
     logs = _cli("logs", job, "--address", head, "--follow")  # returns when the job ends
     assert logs.returncode == 0 and "accuracy" in logs.stdout, logs.stdout[-2000:]
     assert _wait(head, job) == "SUCCEEDED"
+    final = _cli("status", job, "--address", head).stdout.strip().splitlines()
+    assert final[0] == "SUCCEEDED" and final[1].startswith("finished: 6/6  accuracy "), final
     res = _cli("results", job, "--address", head)
     assert res.returncode == 0 and str(out) in res.stdout and "SUCCEEDED" in res.stdout
     local = tmp_path / "local"
@@ -132,6 +140,17 @@ def test_stop_stops_a_running_job(head, tmp_path):
     assert sub.returncode == 0, sub.stderr
     job = sub.stdout.strip().splitlines()[-1]
     _wait(head, job, states=("RUNNING",))
+    deadline = time.time() + 240
+    while time.time() < deadline:  # the live figures, read from the job's run dir mid-run
+        lines = _cli("status", job, "--address", head).stdout.strip().splitlines()
+        if len(lines) == 2 and not lines[1].startswith("running: 0/"):
+            break
+        time.sleep(1)
+    assert lines[0] == "RUNNING" and re.match(r"running: \d+/100  accuracy \d+\.\d%  coverage", lines[1]), (
+        lines
+    )
+    done = int(lines[1].split()[1].split("/")[0])
+    assert 0 < done < 100 and "ETA" in lines[1]
     stopped = _cli("stop", job, "--address", head)
     assert stopped.returncode == 0 and stopped.stdout.strip() == "STOPPED"
     summary = tmp_path / "slow" / "summary.json"

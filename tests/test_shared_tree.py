@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from treesearch.config import load_config
-from treesearch.engine import Lease, ProblemFeed, evaluate, run_problems
+from treesearch.engine import Lease, ProblemFeed, evaluate
 from treesearch.job import local_backends, resolve
 from treesearch.shared_tree import SharedTree
 from treesearch.tree import NO_PARENT, TERMINAL, Tree
@@ -61,19 +61,7 @@ def search_shared(job, workers: int, seed: int = 0) -> dict[str, tuple[Tree, int
     for p in job.problems:
         shared.open(p.id, p.prompt, gen.tokenize(p.prompt), job.task.max_depth, job.algorithm_config)
         leases += [Lease(p, store=LocalStore(shared, p.id, f"w{w}", rng)) for w in range(workers)]
-    parts, _, _ = asyncio.run(
-        run_problems(
-            ProblemFeed(leases, closed=True),
-            job.task,
-            job.search(),
-            gen,
-            scorer,
-            job.cfg.budget,
-            40,
-            concurrency=len(leases),
-            shared_search=job.shared_search(),
-        )
-    )
+    parts, _, _ = asyncio.run(job.run(ProblemFeed(leases, closed=True), gen, scorer, concurrency=len(leases)))
     assert len(parts) == len(leases) and {r.status for r in parts} == {"part"}
     out = {}
     for p in job.problems:
@@ -113,9 +101,7 @@ def test_shared_trees_keep_their_invariants_under_any_interleaving(workers, seed
 def test_w_workers_on_one_tree_reach_the_accuracy_of_one_at_the_same_simulations():
     job = _job(24, 40, "prm.reachability=false")
     gen, scorer = local_backends(job)
-    single, _, _ = asyncio.run(
-        run_problems(job.problems, job.task, job.search(), gen, scorer, job.cfg.budget, 40)
-    )
+    single, _, _ = asyncio.run(job.run(job.problems, gen, scorer, concurrency=64))
     accuracy = {1: sum(r.correct for r in single) / len(single)}
     by_id = {p.id: p for p in job.problems}
     for workers in (2, 4):

@@ -14,7 +14,7 @@ import ray
 from actors.driver import start_backends
 from actors.fleet import WorkerFleet
 from treesearch.config import load_config
-from treesearch.engine import Lease, ProblemFeed, run_problems
+from treesearch.engine import Lease, ProblemFeed
 from treesearch.job import local_backends, resolve
 from treesearch.runner import run_job
 from treesearch.store import TreeStore, decode_journal, encode_journal
@@ -72,18 +72,7 @@ def test_journal_replay_rebuilds_the_tree_and_ledger_without_a_backend():
         journals[result.id] = list(store.journal(result.id))
 
     full, _, _ = asyncio.run(
-        run_problems(
-            job.problems,
-            job.task,
-            job.search(),
-            gen,
-            scorer,
-            job.cfg.budget,
-            40,
-            on_result=keep_journal,
-            store=store,
-            record=True,
-        )
+        job.run(job.problems, gen, scorer, concurrency=64, on_result=keep_journal, store=store, record=True)
     )
     for cut in (0.3, 0.7):  # replay part of each journal, then search on with the backends
         leases = []
@@ -91,15 +80,8 @@ def test_journal_replay_rebuilds_the_tree_and_ledger_without_a_backend():
             part = journals[p.id][: int(cut * len(journals[p.id]))]
             leases.append(Lease(p, decode_journal(encode_journal(part))))
         again, _, counters = asyncio.run(
-            run_problems(
-                ProblemFeed(leases, closed=True),
-                job.task,
-                job.search(),
-                gen,
-                scorer,
-                job.cfg.budget,
-                40,
-                on_result=lambda r, t: None,
+            job.run(
+                ProblemFeed(leases, closed=True), gen, scorer, concurrency=64, on_result=lambda r, t: None
             )
         )
         assert counters.replayed == 3 and counters.replay_restarts == 0

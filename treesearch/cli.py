@@ -48,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--retry-failed", action="store_true", help="re-run only the problems of --out that failed"
     )
-    run.add_argument("--quiet", action="store_true", help="no progress line")
+    run.add_argument("--quiet", action="store_true", help="no start-up lines, no progress")
+    run.add_argument("--verbose", action="store_true", help="replica logs (vLLM, Ray) on stderr too")
     run.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
     run.add_argument(
         "--in-process", action="store_true", help="no Ray: in-process deterministic backends only"
@@ -82,6 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     view.add_argument("run_dir")
     view.add_argument("--compare", default=None, help="a second run dir, shown side by side")
     view.add_argument("-o", "--output", default=None, help="output file (default RUN_DIR/view.html)")
+    view.add_argument("--watch", type=float, default=None, metavar="SECONDS",
+                      help="while the run runs: rewrite the page (it reloads) this often")  # fmt: skip
     sub_ = sub.add_parser("submit", help="submit a job to a Ray cluster (Ray Jobs)")
     sub_.add_argument("config")
     sub_.add_argument("--address", required=True, help="Ray job server, e.g. http://HEAD:8265")
@@ -95,6 +98,11 @@ def _parser() -> argparse.ArgumentParser:
         ("results", "a finished job's summary and files"),
     ):
         cmd = sub.add_parser(name, help=text)
+        if name == "status":  # a cluster job, or a local run dir
+            cmd.add_argument("job", nargs="?", default=None)
+            cmd.add_argument("--address", default=None, help="Ray job server, e.g. http://HEAD:8265")
+            cmd.add_argument("--run-dir", default=None, help="a run dir (local runs): its live figures")
+            continue
         cmd.add_argument("job")
         cmd.add_argument("--address", required=True, help="Ray job server, e.g. http://HEAD:8265")
         if name == "logs":
@@ -129,17 +137,31 @@ def _ray_driver() -> ModuleType:
 
 
 def _export_command(args: argparse.Namespace) -> int:
-    from treesearch.export_cli import export, view
+    from treesearch.export_cli import export, view, watch
 
     if args.command == "export":
         for path in export(args.tree, args.format, args.output):
             print(path)
     else:
-        print(view(args.run_dir, args.compare, args.output))
+        if args.watch is not None:
+            watch(args.run_dir, args.compare, args.output, args.watch, say=lambda p: print(p, flush=True))
+        else:
+            print(view(args.run_dir, args.compare, args.output))
     return 0
 
 
 def _job_command(args: argparse.Namespace) -> int:
+    if args.command == "status" and (args.run_dir is not None) == (
+        args.job is not None or args.address is not None
+    ):
+        raise ConfigError("status: give JOB --address URL (a cluster job) or --run-dir DIR (a local run)")
+    if args.command == "status" and args.run_dir is not None:
+        from treesearch.progress import describe_status, read_status
+
+        print(describe_status(read_status(Path(args.run_dir))))
+        return 0
+    if args.command == "status" and (args.job is None or args.address is None):
+        raise ConfigError("status: a cluster job needs both JOB and --address URL")
     try:
         from actors import jobs
     except ImportError as e:
@@ -187,7 +209,9 @@ def _run(args: argparse.Namespace) -> int:
                 job, local, progress=progress, resume=args.resume, retry_failed=args.retry_failed
             )
         else:
-            summary = driver.run_on_ray(job, local, args.address, progress, args.resume, args.retry_failed)
+            summary = driver.run_on_ray(
+                job, local, args.address, progress, args.resume, args.retry_failed, args.verbose
+            )
     print(format_summary(summary))
     print(f"output: {out}")
     return 0

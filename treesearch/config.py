@@ -62,6 +62,7 @@ class ResourcesConfig:
     # A call not answered by then is re-issued to another replica and its replica restarted
     # (a hang, not a death). None: no deadline.
     request_timeout_s: float | None = None
+    max_retries: int = 8  # re-issues of a request after replica losses before its problem fails
 
 
 @dataclass

@@ -31,6 +31,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from treesearch.config import ConfigError
 from treesearch.policies import uct_value
 from treesearch.tree import NO_PARENT, STATUS_NAMES, Tree
 
@@ -115,9 +116,19 @@ def tree_from_json_doc(doc: dict) -> Tree:
     return Tree.from_dict(d)
 
 
+def _networkx():
+    try:
+        import networkx
+    except ImportError as e:
+        raise ConfigError(
+            "GraphML export needs networkx: pip install 'treesearch[export]' (also in [ray] and [vllm])"
+        ) from e
+    return networkx
+
+
 def to_networkx(doc: dict):
     """A ``networkx.DiGraph`` with typed attributes (GraphML has no null: NaN / "" stand in)."""
-    import networkx as nx
+    nx = _networkx()
 
     g = nx.DiGraph(problem_id=doc["problem"]["id"], prompt=doc["problem"]["prompt"])
     for x in doc["nodes"]:
@@ -143,9 +154,7 @@ def to_networkx(doc: dict):
 
 
 def to_graphml(doc: dict) -> str:
-    import networkx as nx
-
-    return "\n".join(nx.generate_graphml(to_networkx(doc)))
+    return "\n".join(_networkx().generate_graphml(to_networkx(doc)))
 
 
 def _dot_escape(s: str) -> str:

@@ -3,13 +3,18 @@
 treesearch export TREE --format json|graphml|dot|html [-o FILE]
     TREE: trees/<id>.msgpack (one file), or a run dir (every tree; -o is then a directory,
     default RUN_DIR/export/).
-treesearch view RUN_DIR [--compare OTHER_RUN_DIR] [-o FILE]
-    one HTML for the run (default RUN_DIR/view.html), side by side with OTHER if given.
+treesearch view RUN_DIR [--compare OTHER_RUN_DIR] [-o FILE] [--watch SECONDS]
+    one HTML for the run (default RUN_DIR/view.html), side by side with OTHER if given. With
+    --watch, while the run is running (its status.json says so) the HTML is rewritten every
+    SECONDS with the trees finished so far, and reloads itself in the browser as often; it stops
+    (and the page stops reloading) once the run has finished.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from treesearch.config import ConfigError
@@ -70,7 +75,35 @@ def export(target: str, fmt: str, out: str | None) -> list[Path]:
     return [path]
 
 
-def view(run_dir: str, compare: str | None, out: str | None) -> Path:
+def running(run_dir: str | Path) -> bool:
+    """Whether a run is still writing (its ``status.json`` says ``running``)."""
+    try:
+        return json.loads((Path(run_dir) / "status.json").read_text()).get("state") == "running"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def watch(
+    run_dir: str, compare: str | None, out: str | None, every_s: float, say: Callable[[Path], None] = print
+) -> Path:
+    """:func:`view` every ``every_s`` seconds while the run is running; the page reloads itself
+    as often until the last write (after the run finished), which does not reload."""
+    if every_s <= 0:
+        raise ConfigError(f"--watch must be > 0 seconds, got {every_s}")
+    said = False
+    while True:
+        live = running(run_dir)
+        path = view(run_dir, compare, out, refresh_s=every_s if live else None)
+        if not said:
+            say(path)
+            said = True
+        if not live:
+            return path
+        time.sleep(every_s)
+
+
+def view(run_dir: str, compare: str | None, out: str | None, refresh_s: float | None = None) -> Path:
+    """One HTML for the run (and ``compare``); with ``refresh_s`` the page reloads itself."""
     runs = []
     for d in (run_dir, compare):
         if d is None:
@@ -80,14 +113,16 @@ def view(run_dir: str, compare: str | None, out: str | None) -> Path:
             raise ConfigError(f"{p}: not a run dir (needs config.yaml and trees/)")
         runs.append(run_payload(p))
     path = Path(out) if out else Path(run_dir) / "view.html"
-    _write(path, render_html(runs))
+    _write(path, render_html(runs, refresh_s))
     return path
 
 
 def _write(path: Path, text: str) -> None:
     if path.is_dir():
         raise ConfigError(f"{path}: is a directory (name an output file)")
-    try:
-        path.write_text(text)
+    try:  # whole or not at all: a reloading browser never reads half a page
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
     except OSError as e:
         raise ConfigError(f"{path}: cannot write it: {e.strerror or e}") from e

@@ -12,6 +12,7 @@ runs beside the engine (Monte-Carlo rollouts, the task checks a verifier multipl
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +20,16 @@ from treesearch import verifiers
 from treesearch.algorithms import ALGORITHMS, Algorithm
 from treesearch.backends import GENERATORS, PRMS, Backend, WorkerEnv, of
 from treesearch.backends.hf import PromptTokenizer
+from treesearch.budget import Ledger
 from treesearch.config import ConfigError, JobConfig
-from treesearch.engine import SearchFn, SharedSearchFn
+from treesearch.engine import (
+    EngineCounters,
+    ProblemFeed,
+    ProblemResult,
+    SearchFn,
+    SharedSearchFn,
+    run_problems,
+)
 from treesearch.protocol import Generator, Scorer, TokenCounter
 from treesearch.tasks.base import Problem, Task
 from treesearch.tasks.registry import make_task
@@ -67,6 +76,19 @@ class Job:
             await shared(ctx, options, store)
 
         return search
+
+    async def run(
+        self, problems: Sequence[Problem] | ProblemFeed, generator: Generator, scorer: Scorer, **options: Any
+    ) -> tuple[list[ProblemResult], Ledger, EngineCounters]:
+        """:func:`treesearch.engine.run_problems` with this job's task, search, budget, step cap
+        and concurrency; ``options`` add to or override them (``on_result``, ``store``, ...)."""
+        cfg = self.cfg
+        options.setdefault("concurrency", cfg.run.concurrency)
+        options.setdefault("shared_search", self.shared_search())
+        return await run_problems(
+            problems, self.task, self.search(), generator, scorer, cfg.budget, cfg.generator.max_step_tokens,
+            **options,
+        )  # fmt: skip
 
     def counter(self) -> TokenCounter:
         """The PRM's token counter, for a PRM that runs in replicas."""

@@ -135,7 +135,10 @@ class RunDir:
 
     def problem_done(self, row: dict[str, Any], tree_bytes: bytes | None) -> None:
         if self.save_trees and tree_bytes is not None:
-            (self.out / "trees" / f"{row['id']}.msgpack").write_bytes(tree_bytes)
+            # whole or not at all: a live viewer reads trees/ while the run writes it
+            tmp = self.out / "trees" / f".{row['id']}.msgpack.tmp"
+            tmp.write_bytes(tree_bytes)
+            tmp.replace(self.out / "trees" / f"{row['id']}.msgpack")
         self._results.write(json.dumps(row) + "\n")
         self._results.flush()
         self.finished[row["id"]] = row.get("status", "ok")

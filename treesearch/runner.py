@@ -22,12 +22,13 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import Any, Protocol
 
 from treesearch.budget import Ledger
 from treesearch.config import ConfigError, JobConfig
-from treesearch.engine import FAILED, ProblemResult, run_problems
+from treesearch.engine import FAILED, ProblemResult
 from treesearch.job import Job, engine_scorer, local_backends, resolve
+from treesearch.progress import Progress
 from treesearch.protocol import Generator, Scorer
 from treesearch.rundir import RunDir
 from treesearch.tasks.base import Problem
@@ -59,18 +60,8 @@ class LocalPlane:
         def done(result: ProblemResult, tree: Tree) -> None:
             on_result(result.to_json(), tree.to_msgpack() if self.save_trees else None)
 
-        cfg = self.job.cfg
-        _, _, counters = await run_problems(
-            list(problems),
-            self.job.task,
-            self.job.search(),
-            self.generator,
-            self.scorer,
-            cfg.budget,
-            cfg.generator.max_step_tokens,
-            cfg.run.concurrency,
-            done,
-            max_failures=max_failures,
+        _, _, counters = await self.job.run(
+            list(problems), self.generator, self.scorer, on_result=done, max_failures=max_failures
         )
         return counters.to_dict()
 
@@ -120,33 +111,6 @@ def summarize(
     }
 
 
-class Progress:
-    """One status line on stderr, rewritten as problems finish: done, accuracy, tokens/s."""
-
-    def __init__(self, total: int, stream: TextIO = sys.stderr, done: int = 0):
-        self.total, self.stream = total, stream
-        self.done, self.correct, self.tokens = done, 0, 0
-        self.new = 0
-        self.started = time.perf_counter()
-        self.tty = stream.isatty()
-
-    def update(self, row: dict[str, Any]) -> None:
-        self.done += 1
-        self.new += 1
-        self.correct += bool(row["correct"])
-        self.tokens += row["ledger"]["policy_generated_tokens"]
-        if self.tty or self.done == self.total or self.done % max(1, self.total // 10) == 0:
-            dt = max(1e-9, time.perf_counter() - self.started)
-            line = (
-                f"[{self.done}/{self.total}] accuracy {self.correct / self.new:.1%}"
-                f"  {self.tokens / dt:,.0f} generated tok/s"
-            )
-            self.stream.write(("\r" + line) if self.tty else line + "\n")
-            if self.tty and self.done == self.total:
-                self.stream.write("\n")
-            self.stream.flush()
-
-
 def run_job(
     cfg: JobConfig | Job,
     out: Path,
@@ -178,12 +142,13 @@ def run_job(
         todo = [p for p in job.problems if rundir.finished.get(p.id) == FAILED]
     else:
         todo = [p for p in job.problems if p.id not in rundir.finished]
-    bar = Progress(len(job.problems), done=len(job.problems) - len(todo)) if progress else None
+    # status.json is written even when quiet: `treesearch status` reads it
+    bar = Progress(len(job.problems), len(job.problems) - len(todo), sys.stderr if progress else None,
+                   rundir.out / "status.json")  # fmt: skip
 
     def on_result(row: dict[str, Any], tree: bytes | None) -> None:
         rundir.problem_done(row, tree)
-        if bar is not None:
-            bar.update(row)
+        bar.update(row)
 
     started = time.perf_counter()
     counters: dict[str, Any] = {}

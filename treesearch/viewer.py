@@ -112,7 +112,15 @@ def correctness_checker(cfg):
     return for_tree
 
 
-def render_html(runs: list[dict[str, Any]]) -> str:
+def render_html(runs: list[dict[str, Any]], refresh_s: float | None = None) -> str:
+    """The viewer page for ``runs``; with ``refresh_s`` it reloads itself that often (a live run)."""
     template = resources.files("treesearch").joinpath("viewer.html").read_text()
     data = json.dumps({"runs": runs}, separators=(",", ":")).replace("<", "\\u003c")
-    return template.replace("__TREESEARCH_DATA__", data)
+    page = template.replace("__TREESEARCH_DATA__", data)
+    if refresh_s is not None:
+        page = page.replace(
+            '<meta charset="utf-8">',
+            f'<meta charset="utf-8">\n<meta http-equiv="refresh" content="{refresh_s:g}">',
+            1,
+        )
+    return page

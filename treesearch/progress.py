@@ -1,0 +1,171 @@
+"""Live progress of a run: a bar with ETA on a terminal, periodic lines elsewhere, and
+``status.json`` in the run dir for ``treesearch status --run-dir`` (and a cluster job's status).
+
+Rates are rates: each is the sum over the problems that finished in the last
+:data:`WINDOW_S` seconds divided by the span of that window (not totals over the elapsed time,
+which climb while every problem is still running). Tokens are counted when a problem finishes
+(its ledger), so a rate is the throughput of finished work: in a steady state it is the
+cluster's generation rate; in the first minute, before problems finish, it reads 0 and the ETA
+says ``?``.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+WINDOW_S = 60.0  # seconds of finished problems the rates and the ETA are taken over
+LINE_EVERY_S = 10.0  # seconds between plain lines (not a terminal: CI, Ray job logs)
+STATUS_EVERY_S = 2.0  # seconds between rewrites of status.json
+BAR = 20  # characters of the bar
+WINDOW_TOKENS = (
+    "policy_generated_tokens",
+    "prm_tokens",
+    "policy_prompt_tokens",
+    "policy_cached_prompt_tokens",
+)
+
+
+class Progress:
+    """Counts finished problems; shows and publishes the figures.
+
+    Attributes:
+      total: problems of the run (finished in earlier sessions included).
+      done: problems finished (earlier sessions included); ``failed`` of them failed.
+      correct, covered, answered: over the problems finished in this session and not failed.
+      window: ``(time, *WINDOW_TOKENS)`` per problem finished in the last ``WINDOW_S`` seconds.
+    """
+
+    def __init__(
+        self,
+        total: int,
+        done: int = 0,
+        stream: TextIO | None = sys.stderr,
+        status_path: Path | None = None,
+        clock: Any = time.monotonic,
+    ):
+        self.total, self.done, self.stream, self.status_path, self.clock = (
+            total,
+            done,
+            stream,
+            status_path,
+            clock,
+        )
+        self.failed = self.correct = self.covered = self.answered = 0
+        self.window: collections.deque[tuple[float, int, int, int, int]] = collections.deque()
+        self.started = clock()
+        self.tty = bool(stream is not None and stream.isatty())
+        self._last_line = self._last_status = -1e18
+        self.publish(force=True)
+
+    def update(self, row: dict[str, Any]) -> None:
+        """One finished problem (its ``results.jsonl`` row)."""
+        now = self.clock()
+        self.done += 1
+        if row.get("status", "ok") == "failed":
+            self.failed += 1
+        else:
+            self.answered += 1
+            self.correct += bool(row["correct"])
+            self.covered += bool(row["covered"])
+        led = row["ledger"]
+        tokens = (
+            "policy_generated_tokens",
+            "prm_tokens",
+            "policy_prompt_tokens",
+            "policy_cached_prompt_tokens",
+        )
+        self.window.append((now, *(int(led[k]) for k in tokens)))
+        self.publish(force=self.done == self.total)
+
+    def figures(self) -> dict[str, Any]:
+        """The figures shown and published (rates per second over the recent window)."""
+        now = self.clock()
+        while self.window and self.window[0][0] < now - WINDOW_S:
+            self.window.popleft()
+        span = min(WINDOW_S, max(1e-9, now - self.started))
+        sums = [sum(w[i] for w in self.window) for i in range(1, 5)]
+        per_s = len(self.window) / span
+        left = self.total - self.done
+        return {
+            "done": self.done,
+            "total": self.total,
+            "failed": self.failed,
+            "accuracy": self.correct / self.answered if self.answered else None,
+            "coverage": self.covered / self.answered if self.answered else None,
+            "problems_per_s": per_s,
+            "generated_tokens_per_s": sums[0] / span,
+            "prm_tokens_per_s": sums[1] / span,
+            "prefix_cache_hit_rate": sums[3] / sums[2] if sums[2] else None,
+            "eta_s": 0.0 if not left else (left / per_s if per_s else None),
+            "elapsed_s": now - self.started,
+        }
+
+    def publish(self, force: bool = False) -> None:
+        """Writes the line / bar and ``status.json`` when due (always when ``force``)."""
+        now = self.clock()
+        due_line = self.tty or force or now - self._last_line >= LINE_EVERY_S
+        due_status = force or now - self._last_status >= STATUS_EVERY_S
+        if not (due_line or due_status):
+            return
+        f = self.figures()
+        if due_status and self.status_path is not None:
+            self._last_status = now
+            state = "finished" if self.done == self.total else "running"
+            tmp = self.status_path.with_name(".status.json.tmp")
+            tmp.write_text(json.dumps({"state": state, **f, "updated_unix": time.time()}) + "\n")
+            tmp.replace(self.status_path)
+        if due_line and self.stream is not None:
+            self._last_line = now
+            line = format_status(f, bar=self.tty)
+            self.stream.write(("\r\x1b[2K" + line) if self.tty else line + "\n")
+            if self.tty and self.done == self.total:
+                self.stream.write("\n")
+            self.stream.flush()
+
+
+def _eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def format_status(f: dict[str, Any], bar: bool = False) -> str:
+    """One line of :meth:`Progress.figures` (with a bar on a terminal)."""
+    pct = f["done"] / f["total"] if f["total"] else 1.0
+    head = f"[{'#' * round(BAR * pct):<{BAR}}] " if bar else ""
+    acc = "-" if f.get("accuracy") is None else f"{f['accuracy']:.1%}"
+    cov = "-" if f.get("coverage") is None else f"{f['coverage']:.1%}"
+    hit = "" if f.get("prefix_cache_hit_rate") is None else f"  cache hit {f['prefix_cache_hit_rate']:.0%}"
+    failed = f"  {f['failed']} failed" if f["failed"] else ""
+    return (
+        f"{head}{f['done']}/{f['total']}{failed}  accuracy {acc}  coverage {cov}  "
+        f"{f['generated_tokens_per_s']:,.0f} gen tok/s  {f['prm_tokens_per_s']:,.0f} PRM tok/s{hit}  "
+        f"ETA {_eta(f['eta_s'])}"
+    )
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    """A run dir's ``status.json`` (live figures of a running or finished run)."""
+    from treesearch.config import ConfigError
+    from treesearch.safeio import read_json
+
+    path = Path(run_dir) / "status.json"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: no status.json (not a run dir, or its run has not started)")
+    status = read_json(path)
+    for key in ("state", "done", "total", "generated_tokens_per_s", "prm_tokens_per_s", "eta_s", "failed"):
+        if key not in status:
+            raise ConfigError(f"{path}: not a status record (no {key!r})")
+    return status
+
+
+def describe_status(status: dict[str, Any]) -> str:
+    """``running: 45/100 accuracy ... (updated 3 s ago)``."""
+    age = time.time() - status.get("updated_unix", time.time())
+    return f"{status['state']}: {format_status(status)} (updated {age:.0f} s ago)"
