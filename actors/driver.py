@@ -36,7 +36,7 @@ from treesearch.job import Job, engine_scorer
 from treesearch.runner import LocalPlane, run_job
 
 REPLICA_PREFIX = "treesearch/"  # replica actor names: treesearch/<pool>/<index>/<suffix>
-REPLICAS_PER_WORKER = 64  # generator replicas one search worker keeps busy (benchmarks/README.md)
+REPLICAS_PER_WORKER = 20  # replicas one search worker keeps busy at 70% of a core (benchmarks: cluster_sim)
 
 
 # ----------------------------------------------------------------------------- replicas

@@ -234,7 +234,8 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def reissued(summary: dict[str, Any]) -> int:
-    """Requests re-issued by the dispatchers (either pool; nested where search workers ran)."""
+    """Requests re-issued by the dispatchers in the run's last session (either pool; nested
+    where search workers ran): a killed driver's counters are not in the summary."""
     total = 0
     for k, v in summary.items():
         if isinstance(v, dict):
@@ -355,7 +356,8 @@ def compare(args: argparse.Namespace, work: Path, faults: Faults, base_wall: flo
     report["broken"] = broken
     r = report
     print(f"faults injected: {r['faults']} ({r['replica_kills']} replica SIGKILLs, {r['hangs']} hang, "
-          f"{r['driver_kills']} driver SIGKILL + resume); requests re-issued: {r['reissued']}")  # fmt: skip
+          f"{r['driver_kills']} driver SIGKILL + resume); requests re-issued in the last session: "
+          f"{r['reissued']} (the killed driver's counters died with it)")  # fmt: skip
     print(f"problems answered: {n} of {args.problems}, {len(set(ids))} distinct, {report['failed']} failed")
     for k, (c, m) in acc.items():
         lo, hi = wilson(c, m)
