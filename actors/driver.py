@@ -12,6 +12,7 @@ validated once before (:func:`treesearch.job.resolve`); the run dir is written b
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import sys
@@ -264,14 +265,17 @@ def init_ray(address: str | None, num_cpus: int | None, verbose: bool = False) -
     replica that fails to start still surfaces its cause (its exception carries it)."""
     if ray.is_initialized():
         return False
+    # Ray's own INFO / WARNING lines in this process ("Started a local Ray instance", token-auth
+    # notes) are not ours to print unless asked; its errors still show
+    quiet = {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.ERROR}
     if address:
-        ray.init(address=address, log_to_driver=verbose)
+        ray.init(address=address, **quiet)
     else:
         ray.init(
             address="local",  # never a stray cluster
             num_cpus=num_cpus,
             include_dashboard=False,
-            log_to_driver=verbose,
+            **quiet,
             # vLLM's per-engine INFO lines drown the progress line; warnings and errors still show
             runtime_env={"env_vars": {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}},
         )

@@ -46,6 +46,7 @@ from typing import Any
 import ray
 
 from actors.driver import REPLICA_PREFIX
+from treesearch.budget import comparable_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
@@ -290,15 +291,6 @@ def main() -> None:
         sys.exit(1)
 
 
-# Ledger entries that depend on a replica's prefix-cache state (cold after a restart) or on time.
-CACHE_DEPENDENT = ("wall_seconds", "policy_cached_prompt_tokens", "policy_prefill_flops", "flops")
-
-
-def _comparable(row: dict[str, Any]) -> str:
-    ledger = {k: v for k, v in row["ledger"].items() if k not in CACHE_DEPENDENT}
-    return json.dumps([row["id"], row.get("answer"), row["correct"], ledger], sort_keys=True)
-
-
 def compare(args: argparse.Namespace, work: Path, faults: Faults, base_wall: float, wall: float) -> dict:
     """Checks the guarantees and prints the figures; returns them."""
     base_rows, chaos_rows = rows(work / "undisturbed"), rows(work / "chaos")
@@ -347,11 +339,7 @@ def compare(args: argparse.Namespace, work: Path, faults: Faults, base_wall: flo
             f"chaos accuracy {cc}/{cn} outside the undisturbed run's 95% interval [{lo:.3f}, {hi:.3f}]"
         )
     # deterministic backends: the very same results, ledgers included
-    if (
-        args.smoke
-        and not broken
-        and sorted(map(_comparable, base_rows)) != sorted(map(_comparable, chaos_rows))
-    ):
+    if args.smoke and not broken and comparable_rows(base_rows) != comparable_rows(chaos_rows):
         broken.append("results or ledgers differ from the undisturbed run")
     report["broken"] = broken
     r = report

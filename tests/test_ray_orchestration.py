@@ -11,6 +11,7 @@ import ray
 
 from actors.driver import Backends, start_backends
 from actors.tree_store import TreeStoreActor
+from treesearch.budget import comparable_rows
 from treesearch.cli import main
 from treesearch.config import load_config
 from treesearch.job import resolve
@@ -39,16 +40,8 @@ def _cfg(algo, *extra):
     )
 
 
-# Depend on the replica's prefix-cache state (warm across jobs, cold after a restart) or on time.
-CACHE_DEPENDENT = ("wall_seconds", "policy_cached_prompt_tokens", "policy_prefill_flops", "flops")
-
-
 def _rows(out):
-    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
-    for r in rows:
-        for k in CACHE_DEPENDENT:
-            r["ledger"].pop(k)
-    return sorted(rows, key=lambda r: r["id"])
+    return comparable_rows([json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()])
 
 
 def _same_tree(a: Tree, b: Tree) -> bool:

@@ -21,7 +21,7 @@ from treesearch.store import TreeStore, decode_journal, encode_journal
 from treesearch.tree import Tree, trees_equal
 
 from .test_cli import CONFIGS
-from .test_ray_orchestration import CACHE_DEPENDENT
+from .test_ray_orchestration import _rows
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -38,14 +38,6 @@ def _cfg(algo: str, *extra: str):
         CONFIGS / f"game24-{algo}.yaml",
         ["generator.resources.num_cpus=0", "prm.resources.num_cpus=0", *extra],
     )
-
-
-def _rows(out):
-    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
-    for r in rows:
-        for k in CACHE_DEPENDENT:
-            r["ledger"].pop(k)
-    return sorted(rows, key=lambda r: r["id"])
 
 
 def _trees(out) -> dict[str, Tree]:

@@ -50,6 +50,15 @@ LEDGER_FIELDS = (
     "wall_seconds",
     "nonfinite_scores",
 )
+# Ledger entries (and the derived "flops") that depend on a replica's prefix-cache state (warm
+# across jobs, cold after a restart) or on time: left out when two runs' ledgers are compared.
+CACHE_DEPENDENT = ("wall_seconds", "policy_cached_prompt_tokens", "policy_prefill_flops", "flops")
+
+
+def comparable_rows(rows: list[dict]) -> list[dict]:
+    """``results.jsonl`` rows sorted by id, their ledgers without :data:`CACHE_DEPENDENT`."""
+    out = [{**r, "ledger": {k: v for k, v in r["ledger"].items() if k not in CACHE_DEPENDENT}} for r in rows]
+    return sorted(out, key=lambda r: r["id"])
 
 
 class Ledger:
