@@ -141,17 +141,16 @@ def wait_pools(pools: list[Pool], say: Callable[[str], None] | None = None) -> N
                     + f", the cluster has {_free()} free"
                 )
             ref = done[0]
-            p, i = pending.pop(ref)
-            p.infos[i] = ray.get(ref)
+            p, i = pending[ref]
+            p.infos[i] = ray.get(ref)  # raises for a replica that failed to start: named below
+            del pending[ref]
             if say is not None:
                 took = time.perf_counter() - t0
                 say(f"{p.what} {i + 1}/{len(p.handles)} ({describe_backend(p.cfg)}) ready in {took:.0f} s")
     except RayActorError as e:
         for p in pools:
             p.stop()
-        raise RuntimeError(
-            f"{pending.get(ref, (pools[0],))[0].what} replica failed to start: {_root_cause(e)}"
-        ) from e
+        raise RuntimeError(f"{pending[ref][0].what} replica failed to start: {_root_cause(e)}") from e
     except BaseException:
         for p in pools:
             p.stop()

@@ -180,6 +180,10 @@ def test_replica_that_crashes_at_start_surfaces_its_cause(tmp_path):
     cfg = _cfg("beam", f"generator={{backend: hf, model: {model}}}")
     with pytest.raises(RuntimeError, match=r"generator replica failed to start: .*Error"):
         start_backends(resolve(cfg))
+    # both pools start at once: the one that failed is named, not the first
+    cfg = _cfg("beam", f"prm={{backend: outcome_rm, model: {model}}}")
+    with pytest.raises(RuntimeError, match=r"PRM replica failed to start: .*Error"):
+        start_backends(resolve(cfg))
 
 
 @pytest.mark.parametrize(

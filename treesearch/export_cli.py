@@ -19,6 +19,7 @@ from pathlib import Path
 
 from treesearch.config import ConfigError
 from treesearch.export import to_dot, to_graphml
+from treesearch.progress import is_running
 from treesearch.safeio import read_tree_file
 from treesearch.viewer import RunData, problem_payload, render_html, run_payload
 
@@ -75,14 +76,6 @@ def export(target: str, fmt: str, out: str | None) -> list[Path]:
     return [path]
 
 
-def running(run_dir: str | Path) -> bool:
-    """Whether a run is still writing (its ``status.json`` says ``running``)."""
-    try:
-        return json.loads((Path(run_dir) / "status.json").read_text()).get("state") == "running"
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def watch(
     run_dir: str, compare: str | None, out: str | None, every_s: float, say: Callable[[Path], None] = print
 ) -> Path:
@@ -92,7 +85,7 @@ def watch(
         raise ConfigError(f"--watch must be > 0 seconds, got {every_s}")
     said = False
     while True:
-        live = running(run_dir)
+        live = is_running(Path(run_dir))
         path = view(run_dir, compare, out, refresh_s=every_s if live else None)
         if not said:
             say(path)

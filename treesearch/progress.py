@@ -18,6 +18,9 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from treesearch.config import ConfigError
+from treesearch.safeio import read_json
+
 WINDOW_S = 60.0  # seconds of finished problems the rates and the ETA are taken over
 LINE_EVERY_S = 10.0  # seconds between plain lines (not a terminal: CI, Ray job logs)
 STATUS_EVERY_S = 2.0  # seconds between rewrites of status.json
@@ -152,9 +155,6 @@ def format_status(f: dict[str, Any], bar: bool = False) -> str:
 
 def read_status(run_dir: Path) -> dict[str, Any]:
     """A run dir's ``status.json`` (live figures of a running or finished run)."""
-    from treesearch.config import ConfigError
-    from treesearch.safeio import read_json
-
     path = Path(run_dir) / "status.json"
     if not path.is_file():
         raise ConfigError(f"{run_dir}: no status.json (not a run dir, or its run has not started)")
@@ -163,6 +163,14 @@ def read_status(run_dir: Path) -> dict[str, Any]:
         if key not in status:
             raise ConfigError(f"{path}: not a status record (no {key!r})")
     return status
+
+
+def is_running(run_dir: Path) -> bool:
+    """Whether a run is still writing (its ``status.json`` says ``running``)."""
+    try:
+        return read_status(run_dir)["state"] == "running"
+    except ConfigError:
+        return False
 
 
 def describe_status(status: dict[str, Any]) -> str:
