@@ -315,6 +315,8 @@ def backends_for(
 def worker_count(job: Job) -> int:
     """``run.search_workers``; ``auto``: one per :data:`REPLICAS_PER_WORKER` generator replicas."""
     n = job.cfg.run.search_workers
+    if job.cfg.budget.scope == "job":  # one engine holds the job's pool (treesearch.pool)
+        return 0
     if n == "auto":
         return max(1, math.ceil(job.cfg.generator.resources.replicas / REPLICAS_PER_WORKER))
     return int(n)

@@ -222,7 +222,12 @@ class WorkerFleet:
         await asyncio.gather(
             *(
                 store.open.remote(
-                    p.id, p.prompt, job.tokenizer.encode(p.prompt), job.task.max_depth, job.algorithm_config
+                    p.id,
+                    p.prompt,
+                    job.tokenizer.encode(p.prompt),
+                    job.task.max_depth,
+                    job.algorithm_config,
+                    limited=bool(job.cfg.budget.limits()),
                 )
                 for p in problems
             )

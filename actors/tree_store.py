@@ -20,8 +20,9 @@ class TreeStoreActor:
     def __init__(self) -> None:
         self.store = SharedTree()
 
-    def open(self, problem_id: str, prompt: str, prompt_ids: list[int], max_depth: int, cfg: Any) -> None:
-        self.store.open(problem_id, prompt, prompt_ids, max_depth, cfg)
+    def open(self, *args: Any, **kwargs: Any) -> None:
+        """:meth:`treesearch.shared_tree.SharedTree.open`, in this actor."""
+        self.store.open(*args, **kwargs)
 
     def select(self, problem_id: str, worker: str, n: int) -> list[Leaf] | None:
         return self.store.select(problem_id, worker, n)

@@ -20,6 +20,7 @@ ALGO_PARAMS = {
     "tot_bfs": {"breadth": 3, "samples": 5},
     "tot_dfs": {"samples": 4},
     "mcts": {"simulations": 24, "parallel": 3, "expansions": 3},
+    "adaptive": {},
 }
 
 
@@ -52,7 +53,7 @@ def run_inprocess(
             search,
             generator or NoisyOracleGenerator(error_rate, seed),
             scorer or RulePRM(task),
-            budget or Budget(generated_tokens=1500),
+            budget or Budget(generated_tokens=1500, early_stop="never"),  # the algorithm's own stop
             max_step_tokens=40,
             concurrency=concurrency,
             on_result=lambda r, t: trees.__setitem__(r.id, t),

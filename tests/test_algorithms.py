@@ -18,10 +18,13 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 @pytest.fixture(scope="module")
 def headline(tmp_path_factory):
     """The shipped configs on the integer-only test puzzles (99 of the 100), error rate 0.7,
-    2,000 generated tokens per puzzle, rule PRM (verifier + reachability oracle)."""
+    2,000 generated tokens per puzzle, rule PRM (verifier + reachability oracle). No early
+    stop: best-of-N spends its whole budget, so "matched compute" is compute spent."""
     out = {}
     for algo in ("best_of_n", "beam", "tot_bfs", "mcts"):
-        cfg = load_config(CONFIGS / f"game24-{algo}.yaml", ["task.integer_only=true"])
+        cfg = load_config(
+            CONFIGS / f"game24-{algo}.yaml", ["task.integer_only=true", "budget.early_stop=never"]
+        )
         assert cfg.generator.error_rate == 0.7 and cfg.budget.generated_tokens == 2000
         out[algo] = run_job(cfg, tmp_path_factory.mktemp(algo), progress=False)
     return out

@@ -140,3 +140,37 @@ def test_a_pool_serves_jobs_on_successive_event_loops():
     for _ in range(3):  # contention on the per-replica slots binds them to the running loop
         out = asyncio.run(pool.submit(list(range(20))))
         assert [x for _, x in out] == list(range(20))
+
+
+def test_frontier_and_best_yaml_from_both_scopes(tmp_path):
+    out = tmp_path / "cmp"
+    argv = [
+        "compare", str(CONFIGS / "game24-best_of_n.yaml"), "--in-process", "--algorithms", "best_of_n,beam",
+        "--budgets", "200,600", "--budget-unit", "generated_tokens", "--budget-scope", "problem,job",
+        "--limit", "12", "--out", str(out), "--params", "best_of_n.n=auto", "--params", "best_of_n.wave=auto",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    rows = json.loads((out / "comparison.json").read_text())["rows"]
+    assert {r["budget_scope"] for r in rows} == {"problem", "job"} and len(rows) == 8
+    pooled = compare.pool_seeds(rows)
+    for r in pooled:  # the frontier: exactly the rows nothing else dominates
+        dominated = any(
+            o["accuracy"] >= r["accuracy"]
+            and o["realised_mean"] <= r["realised_mean"]
+            and (o["accuracy"] > r["accuracy"] or o["realised_mean"] < r["realised_mean"])
+            for o in pooled
+        )
+        assert r["frontier"] == (not dominated)
+    assert any(r["frontier"] for r in rows)
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    assert set(best) == {"generated_tokens 200", "generated_tokens 600"}
+    for key, entry in best.items():
+        budget = float(key.split()[1])
+        same = [r for r in pooled if r["budget"] == budget]
+        assert entry["accuracy"] == pytest.approx(max(r["accuracy"] for r in same), abs=1e-4)
+        # the written config runs as it is, and is the winning cell's
+        cfg = load_config(out / entry["config"])
+        assert cfg.algorithm["name"] == entry["algorithm"]["name"]
+        assert cfg.budget.generated_tokens == budget and cfg.budget.scope == entry["budget_scope"]
+    assert main(["run", str(out / best["generated_tokens 200"]["config"]), "--in-process",
+                 "--out", str(tmp_path / "rerun"), "--quiet"]) == 0  # fmt: skip

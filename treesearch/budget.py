@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 # Units a budget can cap; each is a ``Ledger`` attribute or property.
 BUDGET_UNITS = (
@@ -49,6 +49,8 @@ LEDGER_FIELDS = (
     "prm_flops",
     "wall_seconds",
     "nonfinite_scores",
+    "early_stops",
+    "budget_returned",
 )
 # Ledger entries (and the derived "flops") that depend on a replica's prefix-cache state (warm
 # across jobs, cold after a restart) or on time: left out when two runs' ledgers are compared.
@@ -75,6 +77,9 @@ class Ledger:
       policy_prefill_flops, policy_decode_flops, prm_flops: FLOPs by phase (module docstring).
       wall_seconds: elapsed time of the search (job: of the whole run).
       nonfinite_scores: PRM scores that were NaN/inf and were mapped to the lowest score.
+      early_stops: searches stopped early (a verified chain, or the stop threshold met).
+      budget_returned: what a search stopped early left of its budget, in the budget's first
+        limited unit (:meth:`Budget.unit`); with ``scope: job`` it went back to the pool.
     """
 
     __slots__ = LEDGER_FIELDS
@@ -93,6 +98,8 @@ class Ledger:
         prm_flops: float = 0.0,
         wall_seconds: float = 0.0,
         nonfinite_scores: int = 0,
+        early_stops: int = 0,
+        budget_returned: float = 0.0,
     ):
         self.policy_prompt_tokens = policy_prompt_tokens
         self.policy_cached_prompt_tokens = policy_cached_prompt_tokens
@@ -106,6 +113,8 @@ class Ledger:
         self.prm_flops = prm_flops
         self.wall_seconds = wall_seconds
         self.nonfinite_scores = nonfinite_scores
+        self.early_stops = early_stops
+        self.budget_returned = budget_returned
 
     # Derived units used by budgets and summaries.
     @property
@@ -144,6 +153,8 @@ class Ledger:
         self.prm_flops += o.prm_flops
         self.wall_seconds += o.wall_seconds
         self.nonfinite_scores += o.nonfinite_scores
+        self.early_stops += o.early_stops
+        self.budget_returned += o.budget_returned
 
     def sub(self, o: Ledger) -> None:
         """Subtracts every counter of ``o`` (releases a reservation)."""
@@ -159,6 +170,8 @@ class Ledger:
         self.prm_flops -= o.prm_flops
         self.wall_seconds -= o.wall_seconds
         self.nonfinite_scores -= o.nonfinite_scores
+        self.early_stops -= o.early_stops
+        self.budget_returned -= o.budget_returned
 
     def copy(self) -> Ledger:
         out = Ledger()
@@ -214,9 +227,21 @@ class ModelCost:
         return 2.0 * self.prm_params * tokens
 
 
+EarlyStop = Literal["auto", "verified", "threshold", "never"]
+
+
 @dataclass(frozen=True)
 class Budget:
-    """Per-problem caps; ``None`` means unlimited. Units: see :data:`BUDGET_UNITS`."""
+    """Per-problem caps (``None``: unlimited; units: :data:`BUDGET_UNITS`), where compute may
+    go (``scope``) and when a search stops before its cap (``early_stop``).
+
+    Early stopping (:mod:`treesearch.stopping`): ``verified`` stops a problem's search once a
+    finished chain passes the task's exact check (Game of 24: every step valid and the last
+    leaves 24), and that chain is the answer; ``threshold`` stops once a finished chain's PRM
+    score is >= ``stop_score`` or ``stop_votes`` (> 0) scored finished chains give one answer;
+    ``auto`` is ``verified`` for tasks with an exact check and ``never`` for the others (a PRM's
+    confidence is not safe to stop on by default).
+    """
 
     generated_tokens: int | None = None
     total_tokens: int | None = None
@@ -224,14 +249,36 @@ class Budget:
     generator_calls: int | None = None
     nodes: int | None = None
     seconds: float | None = None
+    # "problem": each problem has the caps above. "job": the caps x the number of problems are
+    # one pool (treesearch.pool): each problem starts with floor x its share, then compute goes
+    # by priority to the problems still open, none over cap x its share.
+    scope: Literal["problem", "job"] = "problem"
+    floor: float = 0.5  # job scope: a problem's first round, as a fraction of its share (0, 1]
+    cap: float = 4.0  # job scope: most a problem may spend, as a multiple of its share (>= 1)
+    explore: float = 0.5  # job scope: UCT exploration constant of the priority over problems
+    early_stop: EarlyStop = "auto"
+    stop_score: float = 0.9  # threshold: a finished chain's PRM score that ends the search
+    stop_votes: int = 0  # threshold: finished chains agreeing on an answer that end it (0: off)
 
     def limits(self) -> dict[str, float]:
         return {u: getattr(self, u) for u in BUDGET_UNITS if getattr(self, u) is not None}
+
+    def unit(self) -> str | None:
+        """The first limited unit (the one ``budget_returned`` and job pools count in)."""
+        return next(iter(self.limits()), None)
 
     def __post_init__(self) -> None:
         for unit, limit in self.limits().items():
             if limit < 0:
                 raise ValueError(f"budget.{unit} must be >= 0, got {limit}")
+        if not 0 < self.floor <= 1:
+            raise ValueError(f"budget.floor must be in (0, 1], got {self.floor}")
+        if self.cap < 1:
+            raise ValueError(f"budget.cap must be >= 1, got {self.cap}")
+        if self.scope == "job":
+            units = [u for u in self.limits() if u != "seconds"]
+            if len(units) != 1:
+                raise ValueError(f"budget.scope job: needs one limited unit besides seconds, got {units}")
 
 
 # A request's worst case as the limited units see it: (generated tokens, total tokens, FLOPs,
@@ -256,15 +303,31 @@ class BudgetGuard:
         :data:`COST_UNITS`.
     """
 
-    __slots__ = ("_checks", "_seconds", "budget", "in_flight", "spent")
+    __slots__ = ("_checks", "_seconds", "budget", "in_flight", "limits", "spent")
 
     def __init__(self, budget: Budget, spent: Ledger | None = None):
         self.budget = budget
         self.spent = spent if spent is not None else Ledger()
         self.in_flight = [0.0] * len(COST_UNITS)
-        limits = budget.limits()
+        self.limits: dict[str, float] = {}
+        self._seconds: float | None = None
+        self._checks: tuple = ()
+        for unit, limit in budget.limits().items():
+            self.set_limit(unit, limit)
+
+    def set_limit(self, unit: str, limit: float) -> None:
+        """Caps ``unit`` at ``limit`` (a job pool grants a problem its rounds this way)."""
+        self.limits[unit] = limit
+        limits = dict(self.limits)
         self._seconds = limits.pop("seconds", None)
-        self._checks = tuple((COST_UNITS.index(u), UNIT_VALUE[u], limit) for u, limit in limits.items())
+        self._checks = tuple((COST_UNITS.index(u), UNIT_VALUE[u], lim) for u, lim in limits.items())
+
+    def left(self, unit: str) -> float:
+        """What is left of ``unit``'s limit, spent and in-flight deducted (inf: no limit)."""
+        if unit not in self.limits:
+            return float("inf")
+        flight = self.in_flight[COST_UNITS.index(unit)] if unit != "seconds" else 0.0
+        return self.limits[unit] - self.spent.value(unit) - flight
 
     @property
     def reserved(self) -> Ledger:

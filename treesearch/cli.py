@@ -67,12 +67,19 @@ def _parser() -> argparse.ArgumentParser:
         "generator_calls (policy only)",
     )
     cmp.add_argument("--seeds", type=int, default=1, help="seeds per cell, from run.seed up")
+    cmp.add_argument(
+        "--budget-scope",
+        default="problem",
+        help="problem (each problem's own budget, default) | job (budget x problems as one pool) | "
+        "problem,job (both)",
+    )
     cmp.add_argument("--limit", type=int, default=None, help="only the first N problems")
     cmp.add_argument("--out", default=None, help="output dir (default: runs/compare-<time>); resumable")
     cmp.add_argument(
         "--params", action="append", default=[], metavar="ALGO.KEY=VALUE", help="e.g. beam.width=8"
     )
     cmp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    cmp.add_argument("--verbose", action="store_true", help="replica logs (vLLM, Ray) on stderr too")
     cmp.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
     cmp.add_argument("--in-process", action="store_true", help="no Ray: deterministic backends only")
     exp = sub.add_parser("export", help="export a tree (or every tree of a run dir)")
@@ -244,6 +251,7 @@ def _compare(args: argparse.Namespace) -> int:
         args.budget_unit,
         args.seeds,
         compare.parse_params(args.params),
+        [s.strip() for s in args.budget_scope.split(",") if s.strip()],
     )
     out = Path(args.out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
     print(f"{len(cells)} runs -> {out}", file=sys.stderr)
@@ -253,18 +261,21 @@ def _compare(args: argparse.Namespace) -> int:
             cells, out, args.budget_unit, lambda c, d: run_job(c, d, progress=False, resume=True)
         )
     else:
-        with _ray_driver().backends_for(job, args.address) as b:
+        say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+        with _ray_driver().backends_for(job, args.address, say, args.verbose) as b:
             rows = compare.run_grid(
                 cells,
                 out,
                 args.budget_unit,
                 lambda c, d: run_job(c, d, b.generator, b.scorer, progress=False, resume=True),
             )
+    compare.mark_frontier(rows)
     compare.write_tables(rows, out)
+    best = compare.write_best(rows, cells, out, args.budget_unit)
     verifier = job.verifier[0]
     report = write_report(rows, out, "treesearch " + " ".join(args.argv), note=f"verifier: {verifier}")
     print(compare.format_table(rows))
-    print(f"output: {out}  (report: {report})")
+    print(f"output: {out}  (report: {report}; best config per budget: {best})")
     return 0
 
 

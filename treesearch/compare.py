@@ -26,7 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from treesearch.budget import Budget, Ledger
+import yaml
+
+from treesearch.budget import Ledger
 from treesearch.config import ConfigError, JobConfig, parse_override
 from treesearch.safeio import iter_rows
 
@@ -34,12 +36,12 @@ UNITS = ("generated_tokens", "total_tokens", "flops", "generator_calls")
 Z95 = 1.959964  # two-sided 95% normal quantile
 
 COLUMNS = (
-    "algorithm", "budget_unit", "budget", "seed", "problems",
+    "algorithm", "budget_scope", "budget_unit", "budget", "seed", "problems",
     "accuracy", "accuracy_lo", "accuracy_hi", "coverage", "coverage_lo", "coverage_hi",
     "selection_gap", "realised_mean", "realised_max",
     "policy_tokens_mean", "policy_tokens_p90", "prm_tokens_mean", "prm_tokens_p90",
     "total_tokens_mean", "flops_mean", "wall_seconds", "accuracy_per_1k_tokens",
-    "chosen_score_mean", "answered",
+    "chosen_score_mean", "answered", "early_stops", "returned_mean", "frontier",
 )  # fmt: skip
 
 
@@ -50,9 +52,11 @@ class Cell:
     algorithm: str
     budget: float
     seed: int
+    scope: str = "problem"  # "job": the budget x problems is one pool (treesearch.pool)
 
     def name(self, unit: str) -> str:
-        return f"{self.algorithm}-{unit}{self.budget:g}-seed{self.seed}"
+        pooled = "-job" if self.scope == "job" else ""
+        return f"{self.algorithm}{pooled}-{unit}{self.budget:g}-seed{self.seed}"
 
 
 def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -92,11 +96,15 @@ def plan(
     unit: str,
     seeds: int,
     params: dict[str, dict[str, Any]] | None = None,
+    scopes: Sequence[str] = ("problem",),
 ) -> list[tuple[Cell, JobConfig]]:
     """The grid's cells and their configs; every config is validated before anything runs.
 
     An algorithm's parameters: ``params[name]`` over the config's own ``algorithm`` section
-    when it names the same algorithm, else over the algorithm's defaults.
+    when it names the same algorithm, else over the algorithm's defaults (``auto`` shapes,
+    sized by each cell's budget). ``scopes``: per-problem budgets, and / or one job-wide pool
+    of ``budget x problems`` (``job``). The config's other ``budget`` keys (early stopping,
+    the pool's floor and cap) apply to every cell.
     """
     if unit not in UNITS:
         raise ConfigError(f"--budget-unit: {unit!r} is not one of {list(UNITS)}")
@@ -108,22 +116,27 @@ def plan(
     unknown = set(params) - set(algorithms)
     if unknown:
         raise ConfigError(f"--params: {sorted(unknown)} not among --algorithms")
+    if not scopes or any(s not in ("problem", "job") for s in scopes):
+        raise ConfigError(f"--budget-scope: expected problem and / or job, got {list(scopes)}")
     base = {k: v for k, v in cfg.algorithm.items() if k != "name"}
+    no_limits = {u: None for u in cfg.budget.limits()}
     cells = []
     for name in algorithms:
         own = base if cfg.algorithm.get("name") == name else {}
         algo = {"name": name, **own, **params.get(name, {})}
-        for budget in budgets:
-            value = int(budget) if unit != "flops" else float(budget)
-            for seed in range(cfg.run.seed, cfg.run.seed + seeds):
-                c = dataclasses.replace(
-                    cfg,
-                    algorithm=algo,
-                    budget=Budget(**{unit: value}),
-                    run=dataclasses.replace(cfg.run, seed=seed),
-                )
-                c.algorithm_config()
-                cells.append((Cell(name, budget, seed), c))
+        for scope in scopes:
+            for budget in budgets:
+                value = int(budget) if unit != "flops" else float(budget)
+                try:
+                    limits = dataclasses.replace(cfg.budget, **{**no_limits, unit: value}, scope=scope)
+                except ValueError as e:
+                    raise ConfigError(f"budget: {e}") from e
+                for seed in range(cfg.run.seed, cfg.run.seed + seeds):
+                    c = dataclasses.replace(
+                        cfg, algorithm=algo, budget=limits, run=dataclasses.replace(cfg.run, seed=seed)
+                    )
+                    c.algorithm_config()
+                    cells.append((Cell(name, budget, seed, scope), c))
     return cells
 
 
@@ -152,6 +165,7 @@ def cell_row(cell: Cell, unit: str, rows: list[dict[str, Any]], wall_seconds: fl
     acc_ci, cov_ci = wilson(correct, n), wilson(covered, n)
     return {
         "algorithm": cell.algorithm,
+        "budget_scope": cell.scope,
         "budget_unit": unit,
         "budget": cell.budget,
         "seed": cell.seed,
@@ -175,6 +189,9 @@ def cell_row(cell: Cell, unit: str, rows: list[dict[str, Any]], wall_seconds: fl
         "accuracy_per_1k_tokens": acc / (mean(total) / 1000) if mean(total) else 0.0,
         "chosen_score_mean": mean(scores),
         "answered": len(scores),
+        "early_stops": sum(x.early_stops for x in ledgers),
+        "returned_mean": mean([x.budget_returned for x in ledgers]),
+        "frontier": False,  # set by mark_frontier over the pooled rows
     }
 
 
@@ -216,32 +233,98 @@ def write_tables(rows: list[dict[str, Any]], out: Path) -> tuple[Path, Path]:
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """A compact text table: one line per algorithm x budget (seeds pooled)."""
-    head = f"{'algorithm':<10} {'budget':>9} {'accuracy':>8} {'95% CI':>13} {'coverage':>8} {'gap':>6} " \
+    head = f"{'algorithm':<16} {'budget':>9} {'accuracy':>8} {'95% CI':>13} {'coverage':>8} {'gap':>6} " \
            f"{'realised':>9} {'prm tok':>8} {'acc/1k tok':>10}"  # fmt: skip
     lines = [head]
     for r in pool_seeds(rows):
+        name = label(r) + (" *" if r.get("frontier") else "")
         lines.append(
-            f"{r['algorithm']:<10} {r['budget']:>9g} {r['accuracy']:>8.1%} "
+            f"{name:<16} {r['budget']:>9g} {r['accuracy']:>8.1%} "
             f"{r['accuracy_lo']:>6.0%}-{r['accuracy_hi']:<6.0%} {r['coverage']:>8.1%} "
             f"{r['selection_gap']:>6.1%} {r['realised_mean']:>9,.0f} {r['prm_tokens_mean']:>8,.0f} "
             f"{r['accuracy_per_1k_tokens']:>10.3f}"
         )
+    lines.append("* on the accuracy-vs-compute frontier (no other row is as accurate for less compute)")
     return "\n".join(lines)
+
+
+def label(row: dict[str, Any]) -> str:
+    """A row's algorithm, marked ``(job)`` when its budget was one job-wide pool."""
+    return row["algorithm"] + (" (job)" if row.get("budget_scope") == "job" else "")
+
+
+def _key(row: dict[str, Any]) -> tuple[str, str, float]:
+    return row["algorithm"], row.get("budget_scope", "problem"), row["budget"]
+
+
+def mark_frontier(rows: list[dict[str, Any]]) -> None:
+    """Sets ``frontier`` on every row whose algorithm x scope x budget (seeds pooled) is
+    Pareto-optimal in accuracy vs realised compute per problem: no other is at least as
+    accurate for at most as much compute, and strictly better in one."""
+    pooled = pool_seeds(rows)
+    best = set()
+    for r in pooled:
+        acc, cost = r["accuracy"], r["realised_mean"]
+        if not any(
+            o is not r
+            and o["accuracy"] >= acc
+            and o["realised_mean"] <= cost
+            and (o["accuracy"] > acc or o["realised_mean"] < cost)
+            for o in pooled
+        ):
+            best.add(_key(r))
+    for r in rows:
+        r["frontier"] = _key(r) in best
+
+
+def write_best(
+    rows: list[dict[str, Any]], cells: Sequence[tuple[Cell, JobConfig]], out: Path, unit: str
+) -> Path:
+    """``best.yaml``: per budget, the most accurate algorithm x scope (seeds pooled; ties to
+    less compute) with its figures; and ``best/<unit><budget>.yaml``, that cell's whole job
+    config, so ``treesearch run OUT/best/<file>`` runs what the comparison found."""
+    configs = {(c.algorithm, c.scope, c.budget): cfg for c, cfg in cells}
+    by_budget: dict[float, dict[str, Any]] = {}
+    for r in pool_seeds(rows):
+        cur = by_budget.get(r["budget"])
+        if cur is None or (r["accuracy"], -r["realised_mean"]) > (cur["accuracy"], -cur["realised_mean"]):
+            by_budget[r["budget"]] = r
+    (out / "best").mkdir(parents=True, exist_ok=True)
+    index: dict[str, Any] = {}
+    for budget, r in sorted(by_budget.items()):
+        cfg = configs[_key(r)]
+        path = out / "best" / f"{unit}{budget:g}.yaml"
+        path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        index[f"{unit} {budget:g}"] = {
+            "algorithm": dict(cfg.algorithm),
+            "budget_scope": r.get("budget_scope", "problem"),
+            "accuracy": round(r["accuracy"], 4),
+            "accuracy_95ci": [round(r["accuracy_lo"], 4), round(r["accuracy_hi"], 4)],
+            "realised_mean": round(r["realised_mean"], 1),
+            "seeds": r["seeds"],
+            "config": str(path.relative_to(out)),
+        }
+    best = out / "best.yaml"
+    head = "# The most accurate cell per budget (seeds pooled); run one: treesearch run OUT/best/<file>\n"
+    best.write_text(head + yaml.safe_dump(index, sort_keys=False))
+    return best
 
 
 def pool_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows of one algorithm x budget merged over seeds: means, with Wilson CIs over every
     problem x seed (counts recovered from the per-seed rates)."""
-    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((r["algorithm"], r["budget"]), []).append(r)
+        groups.setdefault(_key(r), []).append(r)
     out = []
-    for (algo, budget), rs in groups.items():
+    for (algo, scope, budget), rs in groups.items():
         n = sum(r["problems"] for r in rs)
         correct = round(sum(r["accuracy"] * r["problems"] for r in rs))
         covered = round(sum(r["coverage"] * r["problems"] for r in rs))
         merged = {k: sum(r[k] for r in rs) / len(rs) for k in COLUMNS if isinstance(rs[0][k], float)}
         merged.update(algorithm=algo, budget=budget, budget_unit=rs[0]["budget_unit"], problems=n)
+        merged.update(budget_scope=scope, frontier=rs[0].get("frontier", False))
+        merged["early_stops"] = sum(r.get("early_stops", 0) for r in rs)
         merged["realised_max"] = max(r["realised_max"] for r in rs)
         merged["accuracy"], merged["coverage"] = correct / n if n else 0.0, covered / n if n else 0.0
         merged["accuracy_lo"], merged["accuracy_hi"] = wilson(correct, n)

@@ -30,6 +30,8 @@ from treesearch.protocol import (
     decode_ids,
     encode_ids,
 )
+from treesearch.sizing import Allowance, StepCost, allowance
+from treesearch.stopping import StopRule
 from treesearch.tasks.base import Problem, Task
 from treesearch.tree import ROOT, TERMINAL, Step, Tree
 
@@ -51,8 +53,10 @@ class SearchContext:
       problem, task: what is being solved.
       tree: the problem's search tree (the algorithm reads it and calls its MCTS ops).
       guard: the problem's budget (``guard.spent`` is its ledger).
-      exhausted: set once the budget refused (part of) a request; algorithms then finish
-        with what the tree holds.
+      exhausted: set once the budget refused (part of) a request, or the search stopped
+        early; algorithms then finish with what the tree holds.
+      settled: the answer node once the stop rule ended the search (:mod:`treesearch.stopping`);
+        every later ask is refused at no cost, and the engine answers with this node.
       journal: answers consumed so far, in order (None: not recorded).
     """
 
@@ -68,11 +72,15 @@ class SearchContext:
         counter: TokenCounter,
         journal: list[JournalEntry] | None = None,
         replay: Sequence[JournalEntry] = (),
+        stop: StopRule | None = None,
+        step_cost: StepCost | None = None,
     ):
         self.problem, self.task, self.tree = problem, task, tree
         self.batcher, self.guard, self.cost = batcher, guard, cost
         self.max_step_tokens, self.counter = max_step_tokens, counter
         self.exhausted = False
+        self.settled: int | None = None
+        self.stop, self.step_cost = stop, step_cost
         self.journal = journal
         self._replay: deque[JournalEntry] = deque(replay)
         self._started = time.perf_counter()
@@ -108,6 +116,18 @@ class SearchContext:
             return await work
         finally:
             self.batcher.unpark()
+
+    def allowance(self) -> Allowance:
+        """What the remaining budget affords, in step samples (:mod:`treesearch.sizing`)."""
+        cap = self.max_step_tokens
+        step = self.step_cost or StepCost(cap / 2, cap, 0, self.task.max_depth)
+        return allowance(self.guard, step, self.cost)
+
+    def settle(self, node: int) -> None:
+        """Ends the search with ``node`` as its answer (the stop rule was met)."""
+        if self.settled is None:
+            self.settled = node
+            self.exhausted = True
 
     def expandable(self, node: int) -> bool:
         return self.tree.status[node] != TERMINAL and self.tree.depth[node] < self.task.max_depth
@@ -187,6 +207,8 @@ class SearchContext:
     async def _generate(self, asks: Sequence[tuple[int, bytes, int, int, bool]]) -> list[ExpandResult | None]:
         """Reserves, sends and settles generation requests ``(node, prompt ids, samples wanted,
         nonce, samples are nodes)``; None where the budget refused."""
+        if self.settled is not None:  # stopped early: nothing more is spent
+            return [None] * len(asks)
         self.tick()
         delim, max_step, guard = self.task.step_delimiter, self.max_step_tokens, self.guard
         plans: list[tuple[int, ExpandRequest, Costs]] = []
@@ -241,11 +263,14 @@ class SearchContext:
         tree, base = self.tree, self.steps(node)
         new = self.new_steps(base, res)
         ids = tree.add_children(node, [step for step, _ in new], res.replica)
+        stop = self.stop
         for child, (step, answer), sample in zip(ids, new, res.samples, strict=True):
             self._step_ids[child] = sample.token_ids
-            self._steps[child] = (*base, step.text)
+            chain = self._steps[child] = (*base, step.text)
             if step.terminal:
                 tree.answer[child] = answer
+                if stop is not None and self.settled is None and stop.verified(self.problem, chain):
+                    self.settle(child)
         return ids
 
     # ------------------------------------------------------------------ scoring
@@ -271,6 +296,8 @@ class SearchContext:
         """
         tree = self.tree
         score = tree.prm_score
+        if self.settled is not None:
+            return [score[n] if n != ROOT else 1.0 for n in nodes]
         todo = [n for n in dict.fromkeys(nodes) if n != ROOT and score[n] != score[n]]  # NaN: unscored
         chains = [(n, self.steps(n), self.count_state(n)[0]) for n in todo]
         parent = tree.parent
@@ -280,6 +307,10 @@ class SearchContext:
                 while n != ROOT and score[n] != score[n]:
                     score[n] = scores[i]
                     n, i = parent[n], i - 1
+        if self.stop is not None and self.stop.mode == "threshold":
+            answer = self.stop.settled(tree, tree.terminals())
+            if answer is not None:
+                self.settle(answer)
         return [score[n] if n != ROOT else 1.0 for n in nodes]
 
     async def score_chains(
@@ -302,6 +333,8 @@ class SearchContext:
         """Reserves, sends and settles the scoring of chains ``(node, steps, token bound)``, all
         in one request; with ``own`` (each chain is its node's), the PRM's exact counts rebase
         the nodes' bounds."""
+        if self.settled is not None:
+            return [None] * len(chains)
         self.tick()
         guard, scoring = self.guard, self.cost.scoring
         fits, bound = [], 0

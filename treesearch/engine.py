@@ -30,7 +30,10 @@ from typing import Any, NamedTuple
 from treesearch.batcher import Batcher
 from treesearch.budget import Budget, BudgetGuard, Ledger, ModelCost
 from treesearch.context import JournalEntry, ReplayDiverged, SearchContext
+from treesearch.pool import JobPool, pooled_search
 from treesearch.protocol import BackendUnavailable, Generator, Scorer
+from treesearch.sizing import StepCost
+from treesearch.stopping import StopRule
 from treesearch.store import TreeStore
 from treesearch.tasks.base import Problem, Task
 from treesearch.tree import Tree
@@ -144,6 +147,15 @@ def evaluate(
     )
 
 
+def _step_tokens(task: Task, generator: Generator, max_step_tokens: int) -> float:
+    """Expected generated tokens of a step (budget sizing): the task's example steps in the
+    generator's tokens, else half the step cap."""
+    examples = getattr(task, "example_steps", ())
+    if not examples:
+        return max_step_tokens / 2
+    return min(max_step_tokens, sum(len(generator.tokenize(s)) for s in examples) / len(examples))
+
+
 def failed(problem: Problem, error: BaseException, tree: Tree, ledger: Ledger) -> ProblemResult:
     """A problem whose search raised: its error, and the compute it spent."""
     return ProblemResult(
@@ -216,9 +228,21 @@ async def run_problems(
     whole batch (the pattern of search-and-learn / OpenR), for benchmarks. A lease with a
     ``store`` runs ``shared_search`` on the shared tree and ends as a ``part`` result (its
     compute; the tree and the answer are the store's).
+
+    ``budget.early_stop`` ends a problem's search once its stop rule is met
+    (:mod:`treesearch.stopping`); ``budget.scope: job`` makes the budget one pool over every
+    problem (:mod:`treesearch.pool`: all of them are searched at once, in rounds).
     """
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    stop = StopRule(budget, task)
+    pool = None
+    if budget.scope == "job":
+        if isinstance(problems, ProblemFeed):
+            raise ValueError("budget.scope job needs the job's problems up front (not a feed of leases)")
+        pool = JobPool(budget, [p.id for p in problems])
+        concurrency = max(concurrency, len(problems))  # a pool's barrier waits for every problem
+    step_tokens = _step_tokens(task, generator, max_step_tokens)
     gc.freeze()  # setup's objects (solver memo tables, datasets) never enter a GC pass again
     # Requests and answers are short-lived: a larger young generation lets them die by
     # refcount before a collection walks them (~15% of the engine's CPU at 700).
@@ -237,10 +261,15 @@ async def run_problems(
     async def attempt(lease: Lease, replay: Sequence[JournalEntry]) -> tuple[ProblemResult, Tree]:
         problem = lease.problem
         guard = BudgetGuard(budget)
-        tree = store.open(problem.id, problem.prompt, generator.tokenize(problem.prompt), record, guard)
+        if pool is not None:
+            guard.set_limit(pool.unit, pool.first_round(problem.id))
+        prompt_ids = generator.tokenize(problem.prompt)
+        tree = store.open(problem.id, problem.prompt, prompt_ids, record, guard)
+        depth = min(getattr(task, "expected_depth", task.max_depth), task.max_depth)
         ctx = SearchContext(
             problem, task, tree, batcher, guard, cost, max_step_tokens, scorer.counter,
-            store.journal(problem.id), replay,
+            store.journal(problem.id), replay, stop,
+            StepCost(step_tokens, max_step_tokens, len(prompt_ids), depth),
         )  # fmt: skip
         try:
             if lease.store is not None:
@@ -249,7 +278,15 @@ async def run_problems(
                 await shared_search(ctx, lease.store)
                 ctx.tick()
                 return ProblemResult(problem.id, None, None, False, False, 0, ctx.ledger, status=PART), tree
-            node = await search(ctx)
+            if pool is None:
+                node = await search(ctx)
+            else:
+                node = await pooled_search(pool, ctx, lambda: search(ctx))
+            if ctx.settled is not None:  # stopped early: the settled chain is the answer
+                node = ctx.settled
+                ctx.ledger.early_stops = 1
+                unit = pool.unit if pool is not None else budget.unit()
+                ctx.ledger.budget_returned = max(0.0, guard.left(unit)) if unit is not None else 0.0
             ctx.tick()
             return evaluate(problem, task, tree, node, ctx.ledger), tree
         except (BackendUnavailable, ReplayDiverged):
@@ -257,6 +294,9 @@ async def run_problems(
         except Exception as e:  # this problem fails; the job goes on
             ctx.tick()
             return failed(problem, e, tree, ctx.ledger), tree
+        finally:
+            if pool is not None:
+                pool.finish(problem.id, guard.spent.value(pool.unit))
 
     async def run_one(lease: Lease) -> None:
         if lease.journal:

@@ -18,7 +18,7 @@ import html
 from pathlib import Path
 from typing import Any
 
-from treesearch.compare import COLUMNS, pool_seeds
+from treesearch.compare import COLUMNS, label, pool_seeds
 
 FIGURES = (
     ("accuracy_vs_compute.png", "Accuracy vs compute"),
@@ -30,8 +30,8 @@ FIGURES = (
 
 def _by_algorithm(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
-    for r in sorted(rows, key=lambda r: (r["algorithm"], r["budget"])):
-        out.setdefault(r["algorithm"], []).append(r)
+    for r in sorted(rows, key=lambda r: (label(r), r["budget"])):
+        out.setdefault(label(r), []).append(r)
     return out
 
 
@@ -73,6 +73,10 @@ def plot(rows: list[dict[str, Any]], out: Path, title: str = "") -> list[Path]:
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=colors[algo], label=f"{algo} accuracy")
         ax.plot(x, [r["coverage"] for r in rs], "--", marker="x", color=colors[algo], alpha=0.6,
                 label=f"{algo} coverage")  # fmt: skip
+    front = sorted((r for r in pooled if r.get("frontier")), key=lambda r: r["realised_mean"])
+    if front:  # the accuracy-vs-compute frontier (treesearch.compare.mark_frontier)
+        ax.step([r["realised_mean"] for r in front], [r["accuracy"] for r in front], where="post",
+                color="black", lw=1, alpha=0.7, label="frontier")  # fmt: skip
     ax.set_xscale("log")
     ax.set_ylim(0, 1.02)
     finish(

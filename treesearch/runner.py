@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from treesearch.budget import Ledger
+from treesearch.budget import BUDGET_UNITS, Ledger
 from treesearch.config import ConfigError, JobConfig
 from treesearch.engine import FAILED, ProblemResult
 from treesearch.job import Job, engine_scorer, local_backends, resolve
@@ -191,6 +191,13 @@ def format_summary(summary: dict[str, Any]) -> str:
         ),
         ("prm tokens", f"{led['prm_tokens']:,}"),
         ("generator / prm calls", f"{led['generator_calls']:,} / {led['prm_calls']:,}"),
+    ]
+    if led.get("early_stops"):
+        unit = next((u for u in summary.get("budget", {}) if u in BUDGET_UNITS and u != "seconds"), "budget")
+        rows.append(
+            ("stopped early (returned)", f"{led['early_stops']:,} ({led['budget_returned']:,.0f} {unit})")
+        )
+    rows += [
         ("FLOPs", f"{led['flops']:.3g}"),
         ("wall seconds", f"{led['wall_seconds']:.2f}"),
     ]

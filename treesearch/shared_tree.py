@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from treesearch.algorithms.mcts import MCTSConfig, final_answer, node_value, select_leaves
+from treesearch.algorithms.mcts import MCTSConfig, final_answer, node_value, pinned, select_leaves
 from treesearch.policies import make_policy, progressive_widening
 from treesearch.protocol import encode_ids
 from treesearch.tree import ROOT, TERMINAL, Step, Tree
@@ -61,10 +61,20 @@ class SharedTree:
         self._next_ticket = 0
 
     def open(
-        self, problem_id: str, prompt: str, prompt_ids: list[int], max_depth: int, cfg: MCTSConfig
+        self,
+        problem_id: str,
+        prompt: str,
+        prompt_ids: list[int],
+        max_depth: int,
+        cfg: MCTSConfig,
+        limited: bool = True,
     ) -> None:
+        """A tree for ``problem_id``; ``limited``: the workers' budgets end its search (``auto``
+        shapes are fixed here, see :func:`treesearch.algorithms.mcts.pinned`)."""
         tree = Tree(prompt, prompt_ids, problem_id)
-        self._trees[problem_id] = _Shared(tree, cfg, max_depth, prefix={ROOT: encode_ids(prompt_ids)})
+        self._trees[problem_id] = _Shared(
+            tree, pinned(cfg, limited), max_depth, prefix={ROOT: encode_ids(prompt_ids)}
+        )
 
     def _expandable(self, s: _Shared, node: int) -> bool:
         return s.tree.status[node] != TERMINAL and s.tree.depth[node] < s.max_depth

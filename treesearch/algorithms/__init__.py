@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from treesearch.algorithms.adaptive import AdaptiveConfig, adaptive
 from treesearch.algorithms.beam import BeamConfig, beam_search
 from treesearch.algorithms.best_of_n import BestOfNConfig, best_of_n
 from treesearch.algorithms.dvts import DVTSConfig, dvts
@@ -35,11 +36,13 @@ ALGORITHMS: dict[str, Algorithm] = {
         Algorithm("tot_bfs", ToTBFSConfig, tot_bfs),
         Algorithm("tot_dfs", ToTDFSConfig, tot_dfs),
         Algorithm("mcts", MCTSConfig, mcts, mcts_shared),
+        Algorithm("adaptive", AdaptiveConfig, adaptive),
     )
 }
 
 __all__ = [
     "ALGORITHMS",
+    "AdaptiveConfig",
     "Algorithm",
     "BeamConfig",
     "BestOfNConfig",

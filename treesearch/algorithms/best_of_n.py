@@ -11,6 +11,10 @@ vote over answers, or a PRM-weighted vote.
         extend each open chain by one step (k=1) until terminal
         score the finished chains
     return select(chains)
+
+Sized by the budget (``auto``, :mod:`treesearch.sizing`): ``n`` is unbounded (waves go on
+until the budget refuses or the search stops early) and a wave is a quarter of the chains the
+budget affords (at least 1). With no limit: ``n`` 16, one wave.
 """
 
 from __future__ import annotations
@@ -20,24 +24,37 @@ from dataclasses import dataclass
 
 from treesearch.context import SearchContext
 from treesearch.selection import Aggregate, Selection, select_answer
+from treesearch.sizing import Auto, sized
 from treesearch.tree import ROOT, TERMINAL
+
+UNBOUNDED = 1 << 30
 
 
 @dataclass
 class BestOfNConfig:
-    n: int = 16  # chains to sample at most
-    wave: int = 0  # chains started together; 0 means all n at once
+    n: int | Auto = "auto"  # chains to sample at most
+    wave: int | Auto = "auto"  # chains started together; 0 means all n at once
     selection: Selection = "prod"  # last | min | prod | vote | weighted_vote
     aggregate: Aggregate = "prod"  # chain score used by weighted_vote and tie-breaks
 
 
+def shape(ctx: SearchContext, cfg: BestOfNConfig) -> tuple[int, int]:
+    """``(n, wave)`` of this search (see module docstring)."""
+    a = ctx.allowance()
+    if not a.limited:
+        n = sized(cfg.n, 16)
+        return n, sized(cfg.wave, n) or n
+    n = sized(cfg.n, UNBOUNDED)
+    return n, sized(cfg.wave, a.chains() // 4) or n
+
+
 async def best_of_n(ctx: SearchContext, cfg: BestOfNConfig) -> int | None:
     tree = ctx.tree
-    wave = cfg.wave or cfg.n
+    n, wave = shape(ctx, cfg)
     finished: list[int] = []
     started = 0
-    while started < cfg.n and not ctx.exhausted:
-        (frontier,) = await ctx.expand([ROOT], min(wave, cfg.n - started))
+    while started < n and not ctx.exhausted:
+        (frontier,) = await ctx.expand([ROOT], min(wave, n - started))
         if not frontier:
             break
         started += len(frontier)

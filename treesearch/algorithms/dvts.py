@@ -10,6 +10,10 @@ among the subtrees' finished chains.
     while some head is open:
         heads = [best(score(expand(head, expansions))) for each open head]
     return select(finished heads)
+
+Sized by the budget (``auto``, :mod:`treesearch.sizing`, ``S`` step samples affordable): a
+depth gets ``S / depth`` samples (at most what can be reserved at once): ``n_subtrees`` a
+quarter of them, ``expansions`` the rest per subtree (at most 4). With no limit: 4 x 4.
 """
 
 from __future__ import annotations
@@ -18,23 +22,31 @@ from dataclasses import dataclass
 
 from treesearch.context import SearchContext
 from treesearch.selection import Aggregate, Selection, best_by_score, select_answer
+from treesearch.sizing import Auto, sized
 from treesearch.tree import ROOT, TERMINAL
 
 
 @dataclass
 class DVTSConfig:
-    n_subtrees: int = 4  # independent subtrees (search-and-learn: n / beam_width)
-    expansions: int = 4  # samples per head per depth (search-and-learn: beam_width)
+    n_subtrees: int | Auto = "auto"  # independent subtrees (search-and-learn: n / beam_width)
+    expansions: int | Auto = "auto"  # samples per head per depth (search-and-learn: beam_width)
     selection: Selection = "last"  # how the final answer is chosen among finished chains
     aggregate: Aggregate = "last"  # chain score used to pick each subtree's best child
 
 
 async def dvts(ctx: SearchContext, cfg: DVTSConfig) -> int | None:
     tree = ctx.tree
+    a = ctx.allowance()
+    if a.limited:  # per depth: subtrees x expansions samples, at most what can be reserved
+        per_depth = min(a.samples / a.depth, a.worst)
+        subtrees = sized(cfg.n_subtrees, per_depth / 4)
+        expansions = sized(cfg.expansions, min(4, per_depth / subtrees))
+    else:
+        subtrees, expansions = sized(cfg.n_subtrees, 4), sized(cfg.expansions, 4)
     finished: list[int] = []
-    heads = [ROOT] * cfg.n_subtrees
+    heads = [ROOT] * subtrees
     while heads:
-        groups = await ctx.expand(heads, cfg.expansions)
+        groups = await ctx.expand(heads, expansions)
         await ctx.score([c for g in groups for c in g])
         heads = []
         for group in groups:

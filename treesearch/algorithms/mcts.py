@@ -17,6 +17,27 @@ A terminal leaf is re-evaluated by its own PRM score, so search effort piles ont
 chains the verifier likes. The answer is the most-visited finished chain
 (``final: most_visited``) or the best-scored one (``final: best_value``).
 
+Before the first wave the root is expanded with ``root_expansions`` new samples (as beam
+search seeds its beam: a small policy's failures are mostly first steps from which the answer
+is out of reach, and progressive widening alone grows the root too slowly; every call does
+it, so each round of a job pool, :mod:`treesearch.pool`, brings new first steps), and with
+``dedup`` identical children are merged when they arrive (copies of one sample would split
+its visits and crowd the widening cap).
+
+With ``descend``, a simulation does not stop at its leaf's expansion: it goes on expanding
+the best-valued new child (value > 0) until a finished chain, every step kept in the tree (the
+simulation phase of LATS, Zhou et al., 2024, without discarding the rollout). With a value
+that ties often (a rule check's 0 / 1) mean backups otherwise spread a small budget over the
+first depth and reach few finished chains.
+
+Sized by the budget (``auto``, :mod:`treesearch.sizing`, ``S`` step samples affordable):
+``simulations`` run until the budget is spent (or the tree has nothing left to expand),
+``expansions`` 2, ``root_expansions`` = ``ROOT_SHARE x S`` (at most what can be reserved at
+once), ``parallel`` half the root-to-leaf descents the rest affords (1 to 4). With no limit,
+or a pinned ``simulations`` or ``expansions``: 32 simulations, 4 expansions, 4 in flight
+(each where not pinned) and no separate root expansion (``root_expansions`` 0: the
+first simulation expands the root like any leaf).
+
 Tree-parallel: several search workers can run :func:`mcts_shared` on one tree held by a store
 (:mod:`treesearch.shared_tree`), with the same selection and backup rules.
 """
@@ -24,6 +45,7 @@ Tree-parallel: several search workers can run :func:`mcts_shared` on one tree he
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,14 +55,23 @@ from treesearch.context import SearchContext
 from treesearch.policies import SelectionPolicy, WideningRule, make_policy, progressive_widening, select_leaf
 from treesearch.protocol import GeneratedStep
 from treesearch.selection import Aggregate, chain_score, select_answer
-from treesearch.tree import ROOT, TERMINAL, Tree
+from treesearch.sizing import ROOT_SHARE, Allowance, Auto, sized
+from treesearch.tree import PRUNED, ROOT, TERMINAL, Tree
+
+UNBOUNDED = 1 << 30
+IDLE_WAVES = 8  # unbounded simulations stop after this many waves in a row expanded nothing
 
 
 @dataclass
 class MCTSConfig:
-    simulations: int = 32  # simulations per problem (each expands one leaf)
-    parallel: int = 4  # simulations in flight per tree (virtual loss keeps them apart)
-    expansions: int = 4  # children sampled per expanded leaf
+    simulations: int | Auto = "auto"  # simulations per problem (each expands one leaf)
+    parallel: int | Auto = "auto"  # simulations in flight per tree (virtual loss keeps them apart)
+    expansions: int | Auto = "auto"  # children sampled per expanded leaf
+    root_expansions: int | Auto = "auto"  # children of the root's first expansion
+    dedup: bool = False  # merge identical children as they arrive
+    # a simulation goes on expanding its best child (value > 0) until a finished chain, the
+    # steps kept in the tree; auto: when the shape is sized by the budget
+    descend: bool | Auto = "auto"
     policy: Literal["uct", "puct"] = "puct"
     c: float = 1.25  # exploration constant
     widen_c: float = (
@@ -83,27 +114,108 @@ def select_leaves(
     return to_expand, terminals, spent
 
 
+def shape(cfg: MCTSConfig, a: Allowance) -> tuple[int, int, int, int]:
+    """``(simulations, expansions, root samples, parallel)`` (see module docstring)."""
+    if not a.limited or isinstance(cfg.simulations, int) or isinstance(cfg.expansions, int):  # pinned
+        expansions = sized(cfg.expansions, 4)
+        root = cfg.root_expansions if isinstance(cfg.root_expansions, int) else 0
+        return sized(cfg.simulations, 32), expansions, root, sized(cfg.parallel, 4)
+    expansions = sized(cfg.expansions, 2)
+    root = sized(cfg.root_expansions, min(ROOT_SHARE * a.samples, a.worst))
+    # root-to-leaf descents the rest affords; half of them in flight at once (at most 4), so a
+    # small budget still reaches finished chains instead of widening the first depth
+    descents = (a.samples - root) / (expansions * max(1, a.depth - 1))
+    return sized(cfg.simulations, UNBOUNDED), expansions, root, sized(cfg.parallel, min(4, descents / 2))
+
+
 async def mcts(ctx: SearchContext, cfg: MCTSConfig) -> int | None:
     tree = ctx.tree
+    simulations, expansions, root, parallel = shape(cfg, ctx.allowance())
     policy = make_policy(cfg.policy, cfg.c)
-    widen = progressive_widening(cfg.expansions, cfg.widen_c, cfg.widen_alpha, ctx.expandable)
-    done = 0
-    while done < cfg.simulations and not ctx.exhausted:
-        wave = min(cfg.parallel, cfg.simulations - done)
-        paths, terminals, spent = select_leaves(tree, wave, policy, widen, ctx.expandable)
-        done += spent
-        for path in terminals:
-            tree.backup(path[-1], node_value(tree, path[-1], cfg), virtual_loss=1)
+    widen = progressive_widening(expansions, cfg.widen_c, cfg.widen_alpha, ctx.expandable)
+    sized_shape = ctx.allowance().limited and not isinstance(cfg.simulations, int)
+    descend = cfg.descend if isinstance(cfg.descend, bool) else sized_shape
+    if root:  # each call (a job pool's round, too) starts with new first steps
+        (children,) = await ctx.expand([ROOT], root)
+        await _evaluate(ctx, cfg, ROOT, children, virtual_loss=0)
+    done = idle = 0
+    going: list[list[int]] = []  # simulations still descending (their virtual loss applied)
+    while (going or done < simulations) and not ctx.exhausted and idle < IDLE_WAVES:
+        paths, going = going, []
+        if len(paths) < parallel and done < simulations:
+            wave = min(parallel - len(paths), simulations - done)
+            new, terminals, spent = select_leaves(tree, wave, policy, widen, ctx.expandable)
+            done += spent
+            paths += new
+            for path in terminals:
+                tree.backup(path[-1], node_value(tree, path[-1], cfg), virtual_loss=1)
+        idle = 0 if paths else idle + 1
         to_expand = [p[-1] for p in paths]
-        groups = await ctx.expand(to_expand, cfg.expansions)
+        k = expansions
+        if not isinstance(cfg.expansions, int) and to_expand:  # sized: fewer samples, not none
+            k = max(1, min(k, int(ctx.allowance().worst / len(to_expand))))
+        groups = await ctx.expand(to_expand, k)
+        if cfg.dedup:
+            groups = [_merge(tree, g) for g in groups]
         children = [c for g in groups for c in g]
         await ctx.score(children)
         values = await _rollout_values(ctx, children) if cfg.evaluation == "rollout" else {}
-        for leaf, group in zip(to_expand, groups, strict=True):
-            # the simulation is no longer in flight; each child (none if the budget refused
+        for path, group in zip(paths, groups, strict=True):
+            # the expansion is no longer in flight; each child (none if the budget refused
             # the expansion) is backed up with its value
-            tree.backup_expansion(leaf, group, [values.get(c, node_value(tree, c, cfg)) for c in group])
+            vals = [values.get(c, node_value(tree, c, cfg)) for c in group]
+            tree.backup_expansion(path[-1], group, vals)
+            if descend:  # the simulation goes on from its best open child (LATS-style)
+                nxt = max(
+                    ((v, -c) for c, v in zip(group, vals, strict=True) if v > 0 and ctx.expandable(c)),
+                    default=None,
+                )
+                if nxt is not None:
+                    going.append([*path, -nxt[1]])
+                    tree.apply_virtual_loss(going[-1], 1)
     return final_answer(tree, cfg)
+
+
+def _merge(tree: Tree, children: list[int]) -> list[int]:
+    """``children`` without those repeating a sibling's step (pruned)."""
+    parent = tree.parent[children[0]] if children else ROOT
+    new = set(children)
+    seen = {tree.step_text[c] for c in tree.children[parent] if c not in new and tree.status[c] != PRUNED}
+    kept = []
+    for c in children:
+        if tree.step_text[c] in seen:
+            tree.prune(c)
+        else:
+            seen.add(tree.step_text[c])
+            kept.append(c)
+    return kept
+
+
+SHARED_SIMULATIONS = 4096  # auto simulations of a shared tree under a budget (which ends it first)
+
+
+def pinned(cfg: MCTSConfig, limited: bool) -> MCTSConfig:
+    """``cfg`` with its ``auto`` fields fixed, for a tree several workers share (its store
+    knows no budget: ``limited`` says whether the workers' budgets will end the search; a
+    selection of a finished leaf is a simulation too, so a bound ends a fully grown tree)."""
+    simulations, expansions, _, parallel = shape(cfg, Allowance(float("inf"), float("inf"), 1))
+    if limited:
+        simulations = sized(cfg.simulations, SHARED_SIMULATIONS)
+    return dataclasses.replace(
+        cfg, simulations=simulations, expansions=expansions, root_expansions=0, parallel=parallel
+    )
+
+
+async def _evaluate(
+    ctx: SearchContext, cfg: MCTSConfig, leaf: int, children: list[int], virtual_loss: int
+) -> None:
+    if cfg.dedup:
+        children = _merge(ctx.tree, children)
+    await ctx.score(children)
+    values = await _rollout_values(ctx, children) if cfg.evaluation == "rollout" else {}
+    ctx.tree.backup_expansion(
+        leaf, children, [values.get(c, node_value(ctx.tree, c, cfg)) for c in children], virtual_loss
+    )
 
 
 async def mcts_shared(ctx: SearchContext, cfg: MCTSConfig, store: SharedStore) -> None:
@@ -111,14 +223,16 @@ async def mcts_shared(ctx: SearchContext, cfg: MCTSConfig, store: SharedStore) -
     (:mod:`treesearch.shared_tree`): select there, expand and score here (this worker's budget
     and replicas), commit there, until the store has no simulation left. ``evaluation:
     rollout`` is not supported here (a rollout's chain would need the worker to hold the tree)."""
+    shared = pinned(cfg, True)
+    expansions, parallel = shared.expansions, shared.parallel
     while not ctx.exhausted:
-        leaves = await ctx.outside(store.select(cfg.parallel))
+        leaves = await ctx.outside(store.select(parallel))
         if leaves is None:
             return
         if not leaves:  # the tree's simulations in flight are all taken: wait for a commit
             await ctx.outside(asyncio.sleep(0.002))
             continue
-        results = await ctx.sample([(lf.node, lf.prefix_ids, cfg.expansions, lf.nonce) for lf in leaves])
+        results = await ctx.sample([(lf.node, lf.prefix_ids, expansions, lf.nonce) for lf in leaves])
         news = [
             [] if res is None else ctx.new_steps(lf.steps, res)
             for lf, res in zip(leaves, results, strict=True)

@@ -283,6 +283,10 @@ class Game24:
     name = "game24"
     step_delimiter = "\n"
     max_depth = 3
+    expected_depth = 3  # steps of a finished chain (budget sizing, treesearch.sizing)
+    # typical steps, delimiter included: their mean length in the generator's tokens is the
+    # expected cost of a step when a search sizes itself by its budget
+    example_steps = ("4 + 8 = 12 (left: 6 12 13)\n", "13 - 1 = 12 (left: 2 12)\n", "12 * 2 = 24 (left: 24)\n")
 
     def __init__(self, split: str = "test", integer_only: bool = False, csv_path: str | None = None):
         splits = ("train", "dev", "test", "tot_test", "all")
@@ -332,6 +336,13 @@ class Game24:
         return _expression(tuple(problem.data["numbers"]), tuple(steps))
 
     def is_correct(self, problem: Problem, steps: Sequence[str]) -> bool:
+        return self.check_solution(problem, steps)
+
+    def check_solution(self, problem: Problem, steps: Sequence[str]) -> bool:
+        """The game's own check of a finished chain: every step valid and the last leaves 24.
+        Game of 24 states its target in its rules (there is no reference answer to read), so
+        a real system runs this check; it is what early stopping trusts
+        (:mod:`treesearch.stopping`) and, by construction, the same test as :meth:`is_correct`."""
         c = check_chain(problem.data["numbers"], steps)
         return c.ok and c.left == (TARGET,)
 
