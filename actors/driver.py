@@ -12,6 +12,7 @@ validated once before (:func:`treesearch.job.resolve`); the run dir is written b
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -29,6 +30,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.fleet import WorkerFleet
+from actors.load import LoadMonitor
 from actors.pools import GeneratorPool, ScorerPool, dispatch_stats
 from actors.replica import ReplicaActor
 from treesearch.backends import WorkerEnv
@@ -335,14 +337,19 @@ def run_on_ray(
     With ``progress``, each replica's start and readiness is said on stderr; replica logs
     reach it only when ``verbose``."""
     say = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else None
-    with backends_for(job, address, say, verbose) as b:
+    with (
+        backends_for(job, address, say, verbose) as b,
+        LoadMonitor({"generator": b.replicas.generator, "PRM": b.replicas.prm}) as load,
+    ):
+        run = functools.partial(
+            run_job, job, out, progress=progress, resume=resume, retry_failed=retry_failed, load=load.snapshot
+        )
         workers = worker_count(job)
         if workers == 0:  # the engine in this process
             plane: Any = LocalPlane(job, b.generator, engine_scorer(job, b.generator, b.scorer))
-            return run_job(job, out, progress=progress, resume=resume, retry_failed=retry_failed, plane=plane,
-                           extra=b.dispatch_stats)  # fmt: skip
+            return run(plane=plane, extra=b.dispatch_stats)
         fleet = WorkerFleet(job, b.replicas, workers, job.cfg.generator.resources.max_restarts)
         try:
-            return run_job(job, out, progress=progress, resume=resume, retry_failed=retry_failed, plane=fleet)
+            return run(plane=fleet)
         finally:
             fleet.shutdown()

@@ -28,7 +28,7 @@ import actors
 import treesearch
 from treesearch.config import ConfigError, load_config
 from treesearch.progress import describe_status
-from treesearch.runner import format_summary
+from treesearch.runner import results_text
 from treesearch.storage import is_uri, read_text
 
 TERMINAL_STATES = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
@@ -81,19 +81,25 @@ def submit(
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def status(address: str, job_id: str) -> str:
-    """The job's state; below it, once the run has started, its live figures (the run dir's
-    ``status.json``, read where the job's metadata says the run dir is)."""
+def snapshot(address: str, job_id: str) -> tuple[str, bool]:
+    """The job's state; below it, once the run has started, its live figures and each
+    replica's load (the run dir's ``status.json``, read where the job's metadata says the run
+    dir is). Second: whether the job has ended."""
     info = client(address).get_job_info(job_id)
     state = str(info.status.value)
+    ended = info.status in TERMINAL_STATES
     out = (info.metadata or {}).get("treesearch_out")
     if not out:
-        return state
+        return state, ended
     try:
         live = json.loads(read_text(out, "status.json"))
-        return f"{state}\n{describe_status(live)}"
+        return f"{state}\n{describe_status(live)}", ended
     except (OSError, ValueError, KeyError, TypeError):  # not started yet, or not readable from here
-        return state
+        return state, ended
+
+
+def status(address: str, job_id: str) -> str:
+    return snapshot(address, job_id)[0]
 
 
 def logs(address: str, job_id: str, follow: bool = False) -> None:
@@ -123,13 +129,9 @@ def stop(address: str, job_id: str, wait_s: float = 60.0) -> str:
 
 
 def results(address: str, job_id: str) -> str:
+    """The job's summary; while it runs (or if it failed), a partial one marked as such."""
     info = client(address).get_job_info(job_id)
     out = (info.metadata or {}).get("treesearch_out")
     if not out:
         raise ConfigError(f"job {job_id} was not submitted by treesearch (no run dir in its metadata)")
-    try:
-        summary = json.loads(read_text(out, "summary.json"))
-    except FileNotFoundError as e:
-        raise ConfigError(f"job {job_id} ({info.status.value}): no summary yet in {out}") from e
-    files = "config.yaml, run.json, results.jsonl, summary.json, trees/<id>.msgpack"
-    return f"{format_summary(summary)}\nstatus: {info.status.value}\nrun dir: {out} ({files})"
+    return results_text(out, str(info.status.value))

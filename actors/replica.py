@@ -6,15 +6,20 @@ carries the replica's queue depth (requests in flight here, from all callers) so
 every search worker can route around a busy replica. Batches travel as one pickle each way
 (:func:`encode_batch`).
 
-Exports Prometheus metrics through Ray (tag ``replica``): generators
-``treesearch_generator_requests``, ``treesearch_generated_tokens``, ``treesearch_prompt_tokens``,
-``treesearch_cached_prompt_tokens``; PRMs ``treesearch_prm_requests``, ``treesearch_prm_tokens``.
+Exports Prometheus metrics through Ray (tags ``pool``: generator / prm, ``replica``; Ray
+prefixes ``ray_`` and exports a counter as ``<name>_total``): generators ``treesearch_generator_requests``,
+``treesearch_generated_tokens``, ``treesearch_prompt_tokens``, ``treesearch_cached_prompt_tokens``;
+PRMs ``treesearch_prm_requests``, ``treesearch_prm_tokens``; both ``treesearch_busy_seconds``
+(counter: seconds with a request here; its rate is the replica's busy fraction) and
+``treesearch_queue_depth`` (gauge: requests here now). :meth:`ReplicaActor.load` answers the
+same figures to the driver (``treesearch status`` shows them per replica).
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import time
 from typing import Any
 
 import ray
@@ -41,6 +46,9 @@ PRM_METRICS = {
     "treesearch_prm_requests": "PRM chains scored",
     "treesearch_prm_tokens": "tokens the PRM ran over",
 }
+TAGS = ("pool", "replica")
+BUSY_METRIC = ("treesearch_busy_seconds", "seconds with at least one request on the replica")  # counter
+DEPTH_METRIC = ("treesearch_queue_depth", "requests on the replica now, from every caller")  # gauge
 
 
 @ray.remote
@@ -48,14 +56,19 @@ class ReplicaActor:
     """One replica. Async: a batch waits on the device while others are received."""
 
     def __init__(self, cfg: Any, env: WorkerEnv):
-        from ray.util.metrics import Counter
+        from ray.util.metrics import Counter, Gauge
 
         self.worker = of(cfg).worker(cfg, env)
         self.is_generator = isinstance(cfg, GeneratorConfig)
-        self.replica, self.tags = env.replica, {"replica": str(env.replica)}
-        self.depth = 0
-        names = GENERATOR_METRICS if self.is_generator else PRM_METRICS
-        self.metrics = {n: Counter(n, text, tag_keys=("replica",)) for n, text in names.items()}
+        pool = "generator" if self.is_generator else "prm"
+        self.replica, self.tags = env.replica, {"pool": pool, "replica": str(env.replica)}
+        self.depth = 0  # requests here now
+        self.requests = 0  # requests answered
+        self.busy_s = 0.0  # seconds with depth > 0, up to busy_since
+        self.busy_since: float | None = None  # monotonic time busy_s was last brought up to date
+        names = {**(GENERATOR_METRICS if self.is_generator else PRM_METRICS), BUSY_METRIC[0]: BUSY_METRIC[1]}
+        self.metrics = {n: Counter(n, text, tag_keys=TAGS) for n, text in names.items()}
+        self.depth_gauge = Gauge(DEPTH_METRIC[0], DEPTH_METRIC[1], tag_keys=TAGS)
 
     async def info(self) -> dict[str, Any]:
         return {"replica": self.replica, "num_parameters": self.worker.num_parameters, "pid": os.getpid()}
@@ -64,11 +77,11 @@ class ReplicaActor:
         """``payload``: the requests, :func:`encode_batch`; returns (results, queue depth once
         they are out), encoded the same way."""
         requests = pickle.loads(payload)
-        self.depth += len(requests)
+        self._arrive(len(requests))
         try:
             results = await self.worker.generate(requests)
         finally:
-            self.depth -= len(requests)
+            self._leave(len(requests))
         self._count(
             treesearch_generator_requests=len(requests),
             treesearch_generated_tokens=sum(r.generated_tokens for r in results),
@@ -79,19 +92,29 @@ class ReplicaActor:
 
     async def score(self, payload: bytes) -> bytes:
         requests = pickle.loads(payload)
-        self.depth += len(requests)
+        self._arrive(len(requests))
         try:
             results = await self.worker.score(requests)
         finally:
-            self.depth -= len(requests)
+            self._leave(len(requests))
         self._count(
             treesearch_prm_requests=sum(len(r.chains) for r in requests),
             treesearch_prm_tokens=sum(sum(r.tokens) for r in results if not r.refused),
         )
         return encode_batch((results, self.depth))
 
-    async def load(self) -> int:
-        return self.depth
+    async def load(self) -> dict[str, Any]:
+        """``queue``: requests here now; ``busy_seconds``: seconds with a request here since it
+        started, against ``clock`` (this replica's monotonic clock, s): two answers give the
+        busy fraction between them; ``requests``: requests answered."""
+        self._account()
+        return {
+            "replica": self.replica,
+            "queue": self.depth,
+            "busy_seconds": self.busy_s,
+            "clock": time.monotonic(),
+            "requests": self.requests,
+        }
 
     async def placement(self) -> dict[str, Any]:
         """Where Ray put this replica: node, GPU ids and the ``CUDA_VISIBLE_DEVICES`` its engine
@@ -104,6 +127,28 @@ class ReplicaActor:
             "assigned": ctx.get_assigned_resources(),
             "placement_group": ctx.get_placement_group_id(),
         }
+
+    def _account(self) -> None:
+        """Brings ``busy_s`` (and its counter) up to now; long busy spells are counted as they go."""
+        if self.busy_since is None:
+            return
+        now = time.monotonic()
+        spent, self.busy_since = now - self.busy_since, (now if self.depth else None)
+        self.busy_s += spent
+        if spent > 0:
+            self.metrics[BUSY_METRIC[0]].inc(spent, self.tags)
+
+    def _arrive(self, n: int) -> None:
+        if not self.depth:
+            self.busy_since = time.monotonic()
+        self.depth += n
+        self.depth_gauge.set(self.depth, self.tags)
+
+    def _leave(self, n: int) -> None:
+        self.depth -= n
+        self.requests += n
+        self._account()
+        self.depth_gauge.set(self.depth, self.tags)
 
     def _count(self, **values: int) -> None:
         for name, value in values.items():

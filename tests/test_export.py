@@ -213,3 +213,56 @@ def test_a_live_view_shows_new_trees_as_a_running_job_finishes_them(browser, tmp
     page.goto(f"file://{path}")
     page.wait_for_selector("body[data-ready='1']")
     assert page.locator("a.problem-link").count() == 8
+
+
+def test_a_big_tree_zooms_pans_and_finds_a_node_below_the_depth_limit(browser, tmp_path):
+    """A 4,000-node tree opens cut at depth 4; a search for a deep node's text reveals its path
+    (whatever the depth limit), selects and centres it; + zooms the drawing by 1.25 without a
+    new layout, fit brings the whole width into view; a drag on the canvas pans it."""
+    from benchmarks.viewer_render import page_for, synthetic_tree
+
+    tree = synthetic_tree(4000)
+    deep = next(i for i in range(len(tree)) if tree.depth[i] == 8)
+    page = browser.new_page(viewport={"width": 1300, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"file://{page_for(tree)}#p={tree.problem_id}")
+    page.wait_for_selector("svg.tree circle.node")
+    assert page.locator(f"circle.node[data-id='{deep}']").count() == 0  # below the depth limit
+    text = tree.step_text[deep]
+    hits = [i for i in range(1, len(tree)) if text.lower() in tree.step_text[i].lower()]
+    box = page.locator("input.search")
+    box.fill(text.upper())  # case does not matter
+    for _ in range(hits.index(deep) + 1):  # Enter walks the hits in node order
+        box.press("Enter")
+    assert page.locator("circle.node.selected").get_attribute("data-id") == str(deep)
+    assert page.locator(".search-count").text_content() == f"{hits.index(deep) + 1} / {len(hits)}"
+    for n in tree.path(deep):  # its whole path is drawn
+        assert page.locator(f"circle.node[data-id='{n}']").count() == 1
+    assert f"step: {text}" in page.locator(".details").text_content()
+    svg = page.locator("svg.tree")
+    width = float(svg.get_attribute("width"))
+    page.locator("button.zoom-in").click()
+    assert abs(float(svg.get_attribute("width")) - 1.25 * width) <= 1
+    canvas = page.locator(".canvas")
+    before = canvas.evaluate("c => c.scrollLeft")
+    dx = 200 if before > 300 else -200  # towards where there is room to scroll
+    b = canvas.bounding_box()
+    page.mouse.move(b["x"] + b["width"] / 2, b["y"] + 3)  # the top margin: no node there
+    page.mouse.down()
+    page.mouse.move(b["x"] + b["width"] / 2 + dx, b["y"] + 3, steps=4)
+    page.mouse.up()
+    assert abs(canvas.evaluate("c => c.scrollLeft") - (before - dx)) <= 1
+    page.locator("button.zoom-fit").click()
+    assert float(svg.get_attribute("width")) <= canvas.evaluate("c => c.clientWidth")
+    # every node laid out, only those near the viewport drawn; a long pan draws the next ones
+    page.locator("button.zoom-in").click()
+    page.select_option("select.depth-limit", "all")
+    count = page.locator(".visible-count")
+    assert count.get_attribute("data-visible") == "4000"
+    assert page.locator("circle.node").count() == int(count.get_attribute("data-drawn")) < 4000
+    seen = set(page.locator("circle.node").evaluate_all("cs => cs.map(c => c.dataset.id)"))
+    canvas.evaluate("c => { c.scrollLeft = c.scrollWidth - c.clientWidth; }")
+    page.wait_for_function(f"!document.querySelector('circle.node[data-id=\"{next(iter(seen))}\"]')")
+    assert set(page.locator("circle.node").evaluate_all("cs => cs.map(c => c.dataset.id)")) - seen
+    assert errors == []

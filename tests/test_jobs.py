@@ -141,18 +141,33 @@ def test_stop_stops_a_running_job(head, tmp_path):
     job = sub.stdout.strip().splitlines()[-1]
     _wait(head, job, states=("RUNNING",))
     deadline = time.time() + 240
+    busy = re.compile(r"  generator 0: up, busy (\d+)%, queue \d+, [\d,]+ requests")
     while time.time() < deadline:  # the live figures, read from the job's run dir mid-run
         lines = _cli("status", job, "--address", head).stdout.strip().splitlines()
-        if len(lines) == 2 and not lines[1].startswith("running: 0/"):
+        if len(lines) > 2 and not lines[1].startswith("running: 0/") and any(busy.match(x) for x in lines):
             break
         time.sleep(1)
     assert lines[0] == "RUNNING" and re.match(r"running: \d+/100  accuracy \d+\.\d%  coverage", lines[1]), (
         lines
     )
     done = int(lines[1].split()[1].split("/")[0])
-    assert 0 < done < 100 and "ETA" in lines[1]
+    assert 0 < done < 100 and "ETA" in lines[1] and "generator busy" in lines[1]
+    # each replica's load, measured on the replica (0.5 s per call: the generator is mostly busy)
+    assert int(next(busy.match(x) for x in lines if busy.match(x)).group(1)) > 20, lines
+    assert any(x.startswith("  PRM 0: up, busy ") for x in lines), lines
+    partial = _cli("results", job, "--address", head)
+    assert partial.returncode == 0, partial.stderr
+    assert re.match(r"PARTIAL \(RUNNING\): \d+ of 100 problems finished; the figures are over those only",
+                    partial.stdout), partial.stdout  # fmt: skip
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "treesearch.cli", "watch", job, "--address", head, "--every", "1"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert watcher.stdout.readline().strip() == "RUNNING"  # its first block, before the stop
     stopped = _cli("stop", job, "--address", head)
     assert stopped.returncode == 0 and stopped.stdout.strip() == "STOPPED"
+    rest, _ = watcher.communicate(timeout=60)  # the watch ends with the job
+    assert watcher.returncode == 0 and rest.strip().split("\n\n")[-1].startswith("STOPPED")
     summary = tmp_path / "slow" / "summary.json"
     assert not summary.exists()  # it did not run to the end
 

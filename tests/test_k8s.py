@@ -165,3 +165,36 @@ def test_wrong_type_is_rejected(validators):
     doc = copy.deepcopy(job)
     doc["spec"]["backoffLimit"] = "two"
     assert any("backoffLimit" in e for e in _errors(validators, doc))
+
+
+def test_grafana_dashboard_queries_only_metrics_the_replicas_export():
+    """k8s/grafana/treesearch-dashboard.json: every ``ray_treesearch_*`` series a panel queries is
+    one the replica actors define (Ray exports ``<name>`` with a ``ray_`` prefix, counters as
+    ``<name>_total``; rates only of counters), only by the tags they set, and every metric they
+    define is on the dashboard."""
+    import json
+    import re
+
+    from actors.replica import BUSY_METRIC, DEPTH_METRIC, GENERATOR_METRICS, PRM_METRICS, TAGS
+
+    counters = {*GENERATOR_METRICS, *PRM_METRICS, BUSY_METRIC[0]}
+    gauges = {DEPTH_METRIC[0]}
+    dash = json.loads((K8S / "grafana" / "treesearch-dashboard.json").read_text())
+    assert dash["uid"] and dash["schemaVersion"] >= 30
+    assert [v["name"] for v in dash["templating"]["list"]] == ["datasource"]
+    used = set()
+    for panel in dash["panels"]:
+        assert panel["title"] and set(panel["gridPos"]) == {"h", "w", "x", "y"} and panel["targets"]
+        for target in panel["targets"]:
+            expr = target["expr"]
+            assert target["datasource"]["uid"] == "${datasource}"
+            for m in re.finditer(r"\bray_(treesearch_\w+?)(_total)?\b(\{[^}]*\})?(\[[^\]]+\])?", expr):
+                name, total, labels, window = m.groups()
+                assert (name in counters and total) or (name in gauges and not total), m.group(0)
+                assert (window is not None) == bool(total), f"rate() of counters only: {m.group(0)}"
+                for label in re.findall(r"(\w+)\s*=", labels or ""):
+                    assert label in TAGS, m.group(0)
+                used.add(name)
+            for by in re.findall(r"by \(([^)]*)\)", expr):
+                assert {x.strip() for x in by.split(",")} <= set(TAGS), expr
+    assert used == counters | gauges

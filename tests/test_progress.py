@@ -3,9 +3,13 @@ not a terminal, status.json and `treesearch status --run-dir`."""
 
 import io
 import json
+import re
+import subprocess
+import sys
+import time
 
 from treesearch.cli import main
-from treesearch.progress import WINDOW_S, Progress
+from treesearch.progress import STALE_S, WINDOW_S, Progress, watch
 
 from .test_cli import CONFIGS
 
@@ -114,3 +118,84 @@ def test_a_vllm_run_says_its_start_and_progress_and_nothing_of_vllm(tmp_path):
     assert all("core_worker.cc" in x for x in err if x not in ours), err
     assert not any("vllm" in x.lower() or "triton" in x.lower() for x in err if x not in ours), err
     assert "accuracy" in proc.stdout and "output:" in proc.stdout
+
+
+LOAD = {
+    "generator": [
+        {"replica": 0, "state": "up", "busy": 0.9, "queue": 12, "requests": 4210},
+        {"replica": 1, "state": "up", "busy": 0.5, "queue": 3, "requests": 2000},
+        {"replica": 2, "state": "down"},
+    ],
+    "PRM": [{"replica": 0, "state": "up", "busy": None, "queue": 0, "requests": 0}],
+}
+
+
+def test_replica_load_reaches_the_line_and_status(tmp_path, capsys):
+    stream = io.StringIO()
+    Progress(10, stream=stream, status_path=tmp_path / "status.json", clock=Clock(), load=lambda: LOAD)
+    # the pool's mean over replicas that are up and have a figure; "-" when none has one yet
+    assert "  generator busy 70%  PRM busy -  ETA ?" in stream.getvalue()
+    assert main(["status", "--run-dir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("running: 0/10  accuracy -") and "generator busy 70%" in lines[0]
+    assert lines[1:] == [
+        "  generator 0: up, busy 90%, queue 12, 4,210 requests",
+        "  generator 1: up, busy 50%, queue 3, 2,000 requests",
+        "  generator 2: down",
+        "  PRM 0: up, busy -, queue 0, 0 requests",
+    ]
+
+
+def test_a_status_no_longer_rewritten_reads_stopped_and_ends_a_watch(tmp_path, capsys):
+    Progress(10, stream=None, status_path=tmp_path / "status.json", clock=Clock())
+    status = json.loads((tmp_path / "status.json").read_text())
+    status["updated_unix"] -= STALE_S + 5  # the run was killed: nobody rewrites it
+    (tmp_path / "status.json").write_text(json.dumps(status))
+    assert main(["watch", "--run-dir", str(tmp_path), "--every", "0.1"]) == 0  # returns at once
+    out = capsys.readouterr().out
+    assert out.startswith("stopped: 0/10") and "the run has stopped" in out and out.count("stopped:") == 1
+
+
+def test_watch_redraws_until_the_job_ends():
+    frames = iter([("running: 1/3", False), ("running: 2/3", False), ("finished: 3/3", True)])
+    stream, slept = io.StringIO(), []
+    watch(lambda: next(frames), 5.0, stream, sleep=slept.append)
+    assert stream.getvalue().split("\n\n")[:3] == ["running: 1/3", "running: 2/3", "finished: 3/3"]
+    assert slept == [5.0, 5.0]
+
+
+def test_watch_and_results_of_a_local_run_while_it_runs(tmp_path):
+    """A slow in-process run in another process: `watch --run-dir` shows it moving and ends by
+    itself when it finishes; `results --run-dir` mid-run is a partial summary, marked; after
+    the end, the full one."""
+    out = tmp_path / "slow"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "treesearch.cli", "run", str(CONFIGS / "game24-beam.yaml"), "--in-process",
+         "--quiet", "--limit", "4", "--out", str(out), "--set", "run.concurrency=1",
+         "--set", "generator.latency_s=0.3"],
+    )  # fmt: skip
+    deadline = time.time() + 120
+    results = out / "results.jsonl"
+    while time.time() < deadline and not (results.is_file() and results.read_text().strip()):
+        time.sleep(0.05)
+    partial = _cli("results", "--run-dir", str(out))
+    assert partial.returncode == 0, partial.stderr
+    head = partial.stdout.splitlines()[0]
+    assert re.fullmatch(
+        r"PARTIAL \(running\): [1-3] of 4 problems finished; the figures are over those only", head
+    )
+    assert "accuracy" in partial.stdout and "algorithm" in partial.stdout
+    watched = _cli("watch", "--run-dir", str(out), "--every", "0.5")  # returns when the run ends
+    assert run.wait(timeout=120) == 0 and watched.returncode == 0
+    blocks = watched.stdout.strip().split("\n\n")
+    assert blocks[-1].startswith("finished: 4/4") and all(
+        b.startswith(("running:", "finished:")) for b in blocks
+    )
+    final = _cli("results", "--run-dir", str(out))
+    assert final.stdout.startswith("algorithm") and "PARTIAL" not in final.stdout
+    assert "status: finished" in final.stdout
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "treesearch.cli", *args], capture_output=True, text=True,
+                          timeout=180)  # fmt: skip

@@ -234,3 +234,32 @@ def test_bad_models_fail_before_search_with_exit_2(tmp_path, capsys, section, me
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and message in err[0], err
     assert not out.exists()
+
+
+def test_load_monitor_sees_which_replica_is_busy():
+    """Busy shares are measured on the replicas (seconds with a request there, against their
+    own clock): a replica that always has a call reads nearly 100%, an idle one 0%, a killed
+    one ``down``."""
+    from actors.driver import start_pool
+    from actors.load import LoadMonitor
+    from actors.replica import encode_batch
+    from treesearch.protocol import ExpandRequest, encode_ids
+
+    cfg = _cfg("beam", "generator.latency_s=0.2", "generator.resources.replicas=2")
+    job = resolve(cfg)
+    pool = start_pool(cfg.generator, 0, "generator")
+    request = ExpandRequest("p", 0, encode_ids(job.tokenizer.encode("4 5 6 10\n")), 2, 16, "\n")
+    try:
+        with LoadMonitor({"generator": pool.handles}, every_s=0.2, window_s=1.0) as monitor:
+            deadline = time.time() + 2.0
+            while time.time() < deadline:  # replica 0 always has a call; replica 1 none
+                ray.get(pool.handles[0].generate.remote(encode_batch([request])))
+            first, second = monitor.snapshot()["generator"]
+        assert first["state"] == second["state"] == "up"
+        assert first["busy"] > 0.8 and second["busy"] == 0.0, (first, second)
+        assert first["requests"] >= 5 and second["requests"] == 0 and first["queue"] == 0
+    finally:
+        pool.stop()
+    after = LoadMonitor({"generator": pool.handles}, every_s=1.0)
+    after.poll()
+    assert [r["state"] for r in after.snapshot()["generator"]] == ["down", "down"]

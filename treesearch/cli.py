@@ -7,8 +7,10 @@
   treesearch export TREE --format json|graphml|dot|html [-o FILE]
   treesearch view RUN_DIR [--compare RUN_DIR] [-o FILE]
   treesearch submit CONFIG --address http://HEAD:8265 --out DIR|URI [--set key=value]... [--limit N]
-  treesearch status JOB --address A      treesearch logs JOB --address A [--follow]
-  treesearch stop JOB --address A        treesearch results JOB --address A
+  treesearch status JOB --address A      treesearch status --run-dir DIR
+  treesearch watch JOB --address A [--every S]     treesearch watch --run-dir DIR [--every S]
+  treesearch results JOB --address A     treesearch results --run-dir DIR
+  treesearch logs JOB --address A [--follow]       treesearch stop JOB --address A
 
 Exit status: 0 on success, 2 on a bad config or bad arguments (one line on stderr naming
 the field), 1 on a failure during the run.
@@ -25,6 +27,8 @@ from types import ModuleType
 
 from treesearch.config import ConfigError, load_config
 from treesearch.storage import local_run_dir
+
+LOCAL_OR_CLUSTER = ("status", "watch", "results")  # JOB --address URL, or --run-dir DIR
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -99,16 +103,19 @@ def _parser() -> argparse.ArgumentParser:
     sub_.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     sub_.add_argument("--limit", type=int, default=None)
     for name, text in (
-        ("status", "a job's state"),
+        ("status", "a job's state, live figures and replica load"),
+        ("watch", "status, refreshed until the job ends"),
         ("logs", "a job's logs"),
         ("stop", "stop a job"),
-        ("results", "a finished job's summary and files"),
+        ("results", "a job's summary and files (partial while it runs)"),
     ):
         cmd = sub.add_parser(name, help=text)
-        if name == "status":  # a cluster job, or a local run dir
+        if name in LOCAL_OR_CLUSTER:
             cmd.add_argument("job", nargs="?", default=None)
             cmd.add_argument("--address", default=None, help="Ray job server, e.g. http://HEAD:8265")
-            cmd.add_argument("--run-dir", default=None, help="a run dir (local runs): its live figures")
+            cmd.add_argument("--run-dir", default=None, help="a local run's dir instead of a cluster job")
+            if name == "watch":
+                cmd.add_argument("--every", type=float, default=2.0, metavar="SECONDS", help="refresh period")
             continue
         cmd.add_argument("job")
         cmd.add_argument("--address", required=True, help="Ray job server, e.g. http://HEAD:8265")
@@ -157,18 +164,45 @@ def _export_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _job_command(args: argparse.Namespace) -> int:
-    if args.command == "status" and (args.run_dir is not None) == (
-        args.job is not None or args.address is not None
-    ):
-        raise ConfigError("status: give JOB --address URL (a cluster job) or --run-dir DIR (a local run)")
-    if args.command == "status" and args.run_dir is not None:
-        from treesearch.progress import describe_status, read_status
+def _local_command(args: argparse.Namespace) -> int:
+    """status / watch / results of a local run dir (its status.json and results.jsonl)."""
+    from treesearch.progress import describe_status, read_status, run_state, watch
+    from treesearch.runner import results_text
 
-        print(describe_status(read_status(Path(args.run_dir))))
-        return 0
-    if args.command == "status" and (args.job is None or args.address is None):
-        raise ConfigError("status: a cluster job needs both JOB and --address URL")
+    run_dir = Path(args.run_dir)
+
+    def read() -> tuple[str, bool]:
+        status = read_status(run_dir)
+        return describe_status(status), run_state(status) != "running"
+
+    if args.command == "status":
+        print(read()[0])
+    elif args.command == "watch":
+        watch(read, args.every)
+    else:
+        try:
+            state = run_state(read_status(run_dir))
+        except ConfigError:  # a run dir from before status.json: finished if it has a summary
+            if not (run_dir / "summary.json").is_file():
+                raise
+            state = "finished"
+        print(results_text(str(run_dir), state))
+    return 0
+
+
+def _job_command(args: argparse.Namespace) -> int:
+    if args.command in LOCAL_OR_CLUSTER:
+        if (args.run_dir is not None) == (args.job is not None or args.address is not None):
+            raise ConfigError(
+                f"{args.command}: give JOB --address URL (a cluster job) or --run-dir DIR (a local run)"
+            )
+        if args.run_dir is not None:
+            try:
+                return _local_command(args)
+            except KeyboardInterrupt:  # leaving a watch
+                return 0
+        if args.job is None or args.address is None:
+            raise ConfigError(f"{args.command}: a cluster job needs both JOB and --address URL")
     try:
         from actors import jobs
     except ImportError as e:
@@ -180,6 +214,10 @@ def _job_command(args: argparse.Namespace) -> int:
             print(jobs.submit(args.config, args.address, args.out, overrides))
         elif args.command == "status":
             print(jobs.status(args.address, args.job))
+        elif args.command == "watch":
+            from treesearch.progress import watch
+
+            watch(lambda: jobs.snapshot(args.address, args.job), args.every)
         elif args.command == "logs":
             jobs.logs(args.address, args.job, args.follow)
         elif args.command == "stop":
@@ -189,6 +227,8 @@ def _job_command(args: argparse.Namespace) -> int:
     except RuntimeError as e:  # e.g. an unknown job id reported by the job server
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # leaving a watch
+        return 0
     return 0
 
 

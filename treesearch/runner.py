@@ -18,19 +18,25 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+import yaml
+
 from treesearch.budget import BUDGET_UNITS, Ledger
 from treesearch.config import ConfigError, JobConfig
 from treesearch.engine import FAILED, ProblemResult
 from treesearch.job import Job, engine_scorer, local_backends, resolve
-from treesearch.progress import Progress
+from treesearch.progress import Progress, ticking
 from treesearch.protocol import Generator, Scorer
 from treesearch.rundir import RunDir
+from treesearch.safeio import iter_rows
+from treesearch.storage import read_text
 from treesearch.tasks.base import Problem
 from treesearch.tree import Tree
 
@@ -71,13 +77,10 @@ def max_failures(cfg: JobConfig, n_problems: int) -> int:
     return max(2, int(cfg.run.max_failed_fraction * n_problems))
 
 
-def summarize(
-    job: Job, rows: Iterable[dict[str, Any]], wall_seconds: float, extra: dict[str, Any]
-) -> dict[str, Any]:
-    """Totals over finished problems (``results.jsonl`` rows, streamed): every session of a
-    resumed run. Failed problems are counted apart and left out of accuracy and coverage;
-    their compute is in the ledger (it was spent)."""
-    cfg = job.cfg
+def tally(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Totals over finished problems (``results.jsonl`` rows, streamed). Failed problems are
+    counted apart and left out of accuracy and coverage; their compute is in the ledger (it
+    was spent)."""
     total = Ledger()
     n = correct = covered = nodes = 0
     failed_ids: list[str] = []
@@ -90,14 +93,27 @@ def summarize(
         correct += r["correct"]
         covered += r["covered"]
         nodes += r["nodes"]
-    total.wall_seconds = wall_seconds
-    verifier, oracle = job.verifier
     return {
         "n_problems": n,
         "failed": len(failed_ids),
         "failed_ids": sorted(failed_ids)[:100],
         "accuracy": correct / n if n else 0.0,
         "coverage": covered / n if n else 0.0,
+        "mean_nodes": nodes / n if n else 0.0,
+        "ledger": total.to_dict(),
+    }
+
+
+def summarize(
+    job: Job, rows: Iterable[dict[str, Any]], wall_seconds: float, extra: dict[str, Any]
+) -> dict[str, Any]:
+    """:func:`tally` of every session's rows of a (resumed) run, with what the job was."""
+    cfg = job.cfg
+    totals = tally(rows)
+    totals["ledger"]["wall_seconds"] = wall_seconds
+    verifier, oracle = job.verifier
+    return {
+        **totals,
         "algorithm": cfg.algorithm["name"],
         "task": cfg.task.name,
         "split": cfg.task.split,
@@ -105,8 +121,6 @@ def summarize(
         "budget": {k: v for k, v in dataclasses.asdict(cfg.budget).items() if v is not None},
         "verifier": verifier,
         "oracle_verifier": oracle,
-        "mean_nodes": nodes / n if n else 0.0,
-        "ledger": total.to_dict(),
         **extra,
     }
 
@@ -121,6 +135,7 @@ def run_job(
     retry_failed: bool = False,
     plane: SearchPlane | None = None,
     extra: Callable[[], dict[str, Any]] | None = None,
+    load: Callable[[], dict[str, list[dict[str, Any]]]] | None = None,
 ) -> dict[str, Any]:
     """Runs a job into ``out``; returns the summary.
 
@@ -128,7 +143,8 @@ def run_job(
     ``scorer`` (replica transports), else over the job's in-process backends. With ``resume``,
     problems already in ``out/results.jsonl`` are skipped (see :mod:`treesearch.rundir`);
     ``retry_failed`` re-runs the ones that failed and nothing else. ``extra()`` adds figures
-    known once the searches are done (e.g. dispatch counters) to the summary.
+    known once the searches are done (e.g. dispatch counters) to the summary. ``load()`` gives
+    the replicas' load for the progress line and ``status.json`` (runs on Ray).
     """
     job = cfg if isinstance(cfg, Job) else resolve(cfg)
     if plane is None:
@@ -144,7 +160,7 @@ def run_job(
         todo = [p for p in job.problems if p.id not in rundir.finished]
     # status.json is written even when quiet: `treesearch status` reads it
     bar = Progress(len(job.problems), len(job.problems) - len(todo), sys.stderr if progress else None,
-                   rundir.out / "status.json")  # fmt: skip
+                   rundir.out / "status.json", load=load)  # fmt: skip
 
     def on_result(row: dict[str, Any], tree: bytes | None) -> None:
         rundir.problem_done(row, tree)
@@ -153,7 +169,8 @@ def run_job(
     started = time.perf_counter()
     counters: dict[str, Any] = {}
     if todo:
-        counters = asyncio.run(plane.run(todo, on_result, max_failures(job.cfg, len(job.problems))))
+        work = plane.run(todo, on_result, max_failures(job.cfg, len(job.problems)))
+        counters = asyncio.run(ticking(work, bar))
     session = time.perf_counter() - started
     rows = rundir.rows({p.id for p in job.problems})
     meta = {
@@ -205,4 +222,52 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-__all__ = ["ConfigError", "LocalPlane", "SearchPlane", "format_summary", "run_job", "summarize"]
+RUN_FILES = "config.yaml, run.json, results.jsonl, summary.json, status.json, trees/<id>.msgpack"
+
+
+def results_text(out: str, state: str) -> str:
+    """What ``treesearch results`` prints for the run at ``out`` (a path or URI) whose job is in
+    ``state`` (a cluster job's state, or a local run's ``status.json`` state). A finished run
+    shows its summary; a running (or failed) one a **partial** summary over the problems
+    finished so far, marked as such."""
+    finished = state.lower() in ("finished", "succeeded")
+    if finished:
+        try:
+            summary = format_summary(json.loads(read_text(out, "summary.json")))
+            return f"{summary}\nstatus: {state}\nrun dir: {out} ({RUN_FILES})"
+        except FileNotFoundError:
+            pass  # finished without a summary (stopped between the last row and the summary)
+    try:
+        text = read_text(out, "results.jsonl")
+    except FileNotFoundError as e:
+        raise ConfigError(f"{out} ({state}): no problem has finished yet") from e
+    with tempfile.TemporaryDirectory() as tmp:  # the checked reader, on a local copy (URIs too)
+        path = Path(tmp) / "results.jsonl"
+        path.write_text(text)
+        latest = {row["id"]: row for _, row in iter_rows(path)}  # a re-run problem: its last row
+    totals = tally(latest.values())
+    of = ""
+    try:  # the run's own count, and the session's elapsed time (the rows' wall times overlap)
+        status = json.loads(read_text(out, "status.json"))
+        of, totals["ledger"]["wall_seconds"] = f" of {status['total']}", float(status["elapsed_s"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        algorithm = yaml.safe_load(read_text(out, "config.yaml"))["algorithm"]["name"]
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
+        algorithm = "?"
+    done = totals["n_problems"] + totals["failed"]
+    head = f"PARTIAL ({state}): {done}{of} problems finished; the figures are over those only"
+    return f"{head}\n{format_summary({**totals, 'algorithm': algorithm})}\nrun dir: {out} ({RUN_FILES})"
+
+
+__all__ = [
+    "ConfigError",
+    "LocalPlane",
+    "SearchPlane",
+    "format_summary",
+    "results_text",
+    "run_job",
+    "summarize",
+    "tally",
+]

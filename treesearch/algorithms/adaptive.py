@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 from treesearch.algorithms.beam import BeamConfig, beam_search
+from treesearch.algorithms.tot_bfs import ToTBFSConfig, tot_bfs
 from treesearch.context import SearchContext
 from treesearch.selection import Aggregate, Selection
 from treesearch.sizing import ROOT_SHARE
@@ -40,6 +42,8 @@ class AdaptiveConfig:
     dedup: bool = True  # the beam merges identical chains
     selection: Selection = "last"  # the beam's choice among finished chains
     aggregate: Aggregate = "last"  # the beam's chain score
+    hard: Literal["beam", "tot_bfs"] = "beam"  # what searches on from the first steps of a hard problem
+    easy: Literal["beam", "tot_bfs"] = "beam"  # ... of an easy one
 
 
 async def adaptive(ctx: SearchContext, cfg: AdaptiveConfig) -> int | None:
@@ -52,9 +56,14 @@ async def adaptive(ctx: SearchContext, cfg: AdaptiveConfig) -> int | None:
     (firsts,) = await ctx.expand([ROOT], probe)
     await ctx.score(firsts)
     scores = [tree.prm_score[c] for c in firsts if not math.isnan(tree.prm_score[c])]
-    if (not scores or max(scores) < cfg.easy_score) and int(share) > probe and not ctx.exhausted:
+    hard = not scores or max(scores) < cfg.easy_score
+    if hard and int(share) > probe and not ctx.exhausted:
         (more,) = await ctx.expand([ROOT], int(share) - probe)  # hard: wide at the root first
         await ctx.score(more)
         firsts += more
+    if (cfg.hard if hard else cfg.easy) == "tot_bfs":
+        return await tot_bfs(
+            ctx, ToTBFSConfig(selection=cfg.selection, aggregate=cfg.aggregate), seeds=firsts
+        )
     beam = BeamConfig(dedup=cfg.dedup, selection=cfg.selection, aggregate=cfg.aggregate)
     return await beam_search(ctx, beam, seeds=firsts)

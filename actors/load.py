@@ -1,0 +1,93 @@
+"""How busy each replica is, for the progress line and ``treesearch status``.
+
+A :class:`LoadMonitor` asks every replica for its :meth:`actors.replica.ReplicaActor.load` every
+``every_s`` seconds on a thread of the driver (so the engine's event loop never waits on it) and
+keeps the answers of the last ``window_s`` seconds. A replica's busy fraction is the growth of
+its busy seconds over the growth of its own clock across that window: the share of the time it
+had at least one request, whoever sent it (every search worker's pool counts). A replica that
+does not answer within ``every_s`` is reported ``down`` (dead, restarting, or stalled).
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from typing import Any
+
+import ray
+
+from treesearch.progress import WINDOW_S
+
+
+class LoadMonitor:
+    """Polls replicas' load on a daemon thread; :meth:`snapshot` reads the latest figures.
+
+    Args:
+      pools: pool name (``generator``, ``PRM``) -> replica handles, in replica order.
+      every_s: seconds between polls (also how long one poll waits for an answer).
+      window_s: seconds of answers the busy fraction is taken over.
+    """
+
+    def __init__(self, pools: dict[str, list[Any]], every_s: float = 2.0, window_s: float = WINDOW_S):
+        self.pools = {name: list(handles) for name, handles in pools.items() if handles}
+        self.every_s, self.window_s = every_s, window_s
+        # (pool, replica) -> answers of the window, oldest first; None for a missed poll
+        self.seen: dict[tuple[str, int], collections.deque[dict[str, Any] | None]] = {
+            (name, i): collections.deque(maxlen=max(2, round(window_s / every_s) + 1))
+            for name, handles in self.pools.items()
+            for i in range(len(handles))
+        }
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="treesearch-load", daemon=True)
+
+    def __enter__(self) -> LoadMonitor:
+        self.poll()  # one answer before the first progress line, a second one every_s later
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.every_s * 2)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.poll()
+
+    def poll(self) -> None:
+        """Asks every replica once (at most ``every_s`` seconds)."""
+        refs = {h.load.remote(): key for name, hs in self.pools.items() for key, h in zip(
+            ((name, i) for i in range(len(hs))), hs, strict=True)}  # fmt: skip
+        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=self.every_s)
+        answers: dict[tuple[str, int], dict[str, Any] | None] = dict.fromkeys(refs.values())
+        for ref in ready:
+            try:
+                answers[refs[ref]] = ray.get(ref)
+            except Exception:  # a replica that died between the call and its answer
+                answers[refs[ref]] = None
+        with self._lock:
+            for key, answer in answers.items():
+                seen = self.seen[key]
+                last = next((a for a in reversed(seen) if a is not None), None)
+                if answer is not None and last is not None and answer["busy_seconds"] < last["busy_seconds"]:
+                    seen.clear()  # Ray restarted it: a new count from zero
+                seen.append(answer)
+
+    def snapshot(self) -> dict[str, list[dict[str, Any]]]:
+        """Per pool, per replica: ``state`` (up / down), ``busy`` (fraction of the window, None
+        until two answers), ``queue`` (requests there now), ``requests`` (answered so far)."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        with self._lock:
+            for (name, i), seen in self.seen.items():
+                answers = [a for a in seen if a is not None]
+                last = seen[-1] if seen else None
+                row: dict[str, Any] = {"replica": i, "state": "up" if last is not None else "down"}
+                if answers:
+                    first, newest = answers[0], answers[-1]
+                    span = newest["clock"] - first["clock"]
+                    busy = (newest["busy_seconds"] - first["busy_seconds"]) / span if span > 0 else None
+                    row.update(busy=None if busy is None else min(1.0, busy), queue=newest["queue"],
+                               requests=newest["requests"])  # fmt: skip
+                out.setdefault(name, []).append(row)
+        return out
