@@ -4,8 +4,9 @@ A :class:`LoadMonitor` asks every replica for its :meth:`actors.replica.ReplicaA
 ``every_s`` seconds on a thread of the driver (so the engine's event loop never waits on it) and
 keeps the answers of the last ``window_s`` seconds. A replica's busy fraction is the growth of
 its busy seconds over the growth of its own clock across that window: the share of the time it
-had at least one request, whoever sent it (every search worker's pool counts). A replica that
-does not answer within ``every_s`` is reported ``down`` (dead, restarting, or stalled).
+had at least one request, whoever sent it (every search worker's pool counts). A replica whose
+call fails is reported ``down`` (dead); one that does not answer within ``every_s``,
+``no answer`` (restarting, stalled, or its node overloaded).
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ class LoadMonitor:
     def __init__(self, pools: dict[str, list[Any]], every_s: float = 2.0, window_s: float = WINDOW_S):
         self.pools = {name: list(handles) for name, handles in pools.items() if handles}
         self.every_s, self.window_s = every_s, window_s
-        # (pool, replica) -> answers of the window, oldest first; None for a missed poll
-        self.seen: dict[tuple[str, int], collections.deque[dict[str, Any] | None]] = {
+        # (pool, replica) -> answers of the window, oldest first; "down" / "no answer" for a missed poll
+        self.seen: dict[tuple[str, int], collections.deque[dict[str, Any] | str]] = {
             (name, i): collections.deque(maxlen=max(2, round(window_s / every_s) + 1))
             for name, handles in self.pools.items()
             for i in range(len(handles))
@@ -60,29 +61,29 @@ class LoadMonitor:
         refs = {h.load.remote(): key for name, hs in self.pools.items() for key, h in zip(
             ((name, i) for i in range(len(hs))), hs, strict=True)}  # fmt: skip
         ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=self.every_s)
-        answers: dict[tuple[str, int], dict[str, Any] | None] = dict.fromkeys(refs.values())
+        answers: dict[tuple[str, int], dict[str, Any] | str] = dict.fromkeys(refs.values(), "no answer")
         for ref in ready:
             try:
                 answers[refs[ref]] = ray.get(ref)
-            except Exception:  # a replica that died between the call and its answer
-                answers[refs[ref]] = None
+            except Exception:  # the replica is dead (or died between the call and its answer)
+                answers[refs[ref]] = "down"
         with self._lock:
             for key, answer in answers.items():
                 seen = self.seen[key]
-                last = next((a for a in reversed(seen) if a is not None), None)
-                if answer is not None and last is not None and answer["busy_seconds"] < last["busy_seconds"]:
+                last = next((a for a in reversed(seen) if isinstance(a, dict)), answer)
+                if isinstance(answer, dict) and answer["busy_seconds"] < last["busy_seconds"]:  # type: ignore[index]
                     seen.clear()  # Ray restarted it: a new count from zero
                 seen.append(answer)
 
     def snapshot(self) -> dict[str, list[dict[str, Any]]]:
-        """Per pool, per replica: ``state`` (up / down), ``busy`` (fraction of the window, None
+        """Per pool, per replica: ``state`` (up / down / no answer), ``busy`` (fraction of the window, None
         until two answers), ``queue`` (requests there now), ``requests`` (answered so far)."""
         out: dict[str, list[dict[str, Any]]] = {}
         with self._lock:
             for (name, i), seen in self.seen.items():
-                answers = [a for a in seen if a is not None]
-                last = seen[-1] if seen else None
-                row: dict[str, Any] = {"replica": i, "state": "up" if last is not None else "down"}
+                answers = [a for a in seen if isinstance(a, dict)]
+                last = seen[-1] if seen else "no answer"
+                row: dict[str, Any] = {"replica": i, "state": "up" if isinstance(last, dict) else last}
                 if answers:
                     first, newest = answers[0], answers[-1]
                     span = newest["clock"] - first["clock"]

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from treesearch.algorithms import ALGORITHMS
 from treesearch.backends import WorkerEnv, of
@@ -68,3 +72,19 @@ def backend_worker(section: str, replica: int = -1, **fields):
     cfg = build(JobConfig, {section: fields}, "")
     part = cfg.generator if section == "generator" else cfg.prm
     return of(part).worker(part, WorkerEnv(replica=replica))
+
+
+def slow_run(config: str, out: Path, limit: int, latency_s: float) -> subprocess.Popen:
+    """A run in another process (in-process backends, one problem at a time, each generator call
+    ``latency_s`` long), started once a first problem has finished; for tests that watch a
+    running job."""
+    run = subprocess.Popen(
+        [sys.executable, "-m", "treesearch.cli", "run", config, "--in-process", "--quiet",
+         "--limit", str(limit), "--out", str(out),
+         "--set", "run.concurrency=1", "--set", f"generator.latency_s={latency_s}"],
+    )  # fmt: skip
+    results = out / "results.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (results.is_file() and results.read_text().strip()):
+        time.sleep(0.05)
+    return run

@@ -16,6 +16,7 @@ from treesearch.export import to_dot, to_graphml, to_json_doc, tree_from_json_do
 from treesearch.tree import Step, Tree, trees_equal
 from treesearch.viewer import problem_payload, render_html
 
+from .helpers import slow_run
 from .test_cli import CONFIGS
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -180,14 +181,7 @@ def test_a_live_view_shows_new_trees_as_a_running_job_finishes_them(browser, tmp
     import time
 
     out = tmp_path / "live"
-    run = subprocess.Popen(
-        [sys.executable, "-m", "treesearch.cli", "run", str(CONFIGS / "game24-mcts.yaml"), "--in-process",
-         "--quiet", "--limit", "8", "--out", str(out), "--set", "run.concurrency=1",
-         "--set", "generator.latency_s=1.0"],
-    )  # fmt: skip
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list((out / "trees").glob("*.msgpack"))) < 1:
-        time.sleep(0.05)
+    run = slow_run(str(CONFIGS / "game24-mcts.yaml"), out, limit=8, latency_s=1.0)
     watcher = subprocess.Popen(
         [sys.executable, "-m", "treesearch.cli", "view", str(out), "--watch", "2"],
         stdout=subprocess.PIPE, text=True,

@@ -6,11 +6,11 @@ import json
 import re
 import subprocess
 import sys
-import time
 
 from treesearch.cli import main
 from treesearch.progress import STALE_S, WINDOW_S, Progress, watch
 
+from .helpers import slow_run
 from .test_cli import CONFIGS
 
 
@@ -169,15 +169,7 @@ def test_watch_and_results_of_a_local_run_while_it_runs(tmp_path):
     itself when it finishes; `results --run-dir` mid-run is a partial summary, marked; after
     the end, the full one."""
     out = tmp_path / "slow"
-    run = subprocess.Popen(
-        [sys.executable, "-m", "treesearch.cli", "run", str(CONFIGS / "game24-beam.yaml"), "--in-process",
-         "--quiet", "--limit", "4", "--out", str(out), "--set", "run.concurrency=1",
-         "--set", "generator.latency_s=0.3"],
-    )  # fmt: skip
-    deadline = time.time() + 120
-    results = out / "results.jsonl"
-    while time.time() < deadline and not (results.is_file() and results.read_text().strip()):
-        time.sleep(0.05)
+    run = slow_run(str(CONFIGS / "game24-beam.yaml"), out, limit=4, latency_s=0.3)
     partial = _cli("results", "--run-dir", str(out))
     assert partial.returncode == 0, partial.stderr
     head = partial.stdout.splitlines()[0]

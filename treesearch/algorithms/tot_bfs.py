@@ -38,16 +38,13 @@ class ToTBFSConfig:
     aggregate: Aggregate = "last"  # chain score used as the state value
 
 
-async def tot_bfs(ctx: SearchContext, cfg: ToTBFSConfig, seeds: list[int] | None = None) -> int | None:
-    """``seeds``: first steps already sampled (and scored) to rank instead of the root's
-    proposals (:mod:`treesearch.algorithms.adaptive` probes with them)."""
+async def tot_bfs(ctx: SearchContext, cfg: ToTBFSConfig) -> int | None:
     tree = ctx.tree
     a = ctx.allowance()
     pinned = isinstance(cfg.samples, int) or isinstance(cfg.breadth, int)
     if a.limited and not pinned:
         root = sized(cfg.root_samples, min(ROOT_SHARE * a.samples, a.worst))
-        spent_at_root = 0 if seeds is not None else root  # seeds: the root's share is spent already
-        per_depth = min((a.samples - spent_at_root) / max(1, a.depth - 1), a.worst)
+        per_depth = min((a.samples - root) / max(1, a.depth - 1), a.worst)
         samples = sized(cfg.samples, min(4, per_depth))
         breadth = sized(cfg.breadth, per_depth / samples)
     else:
@@ -56,10 +53,7 @@ async def tot_bfs(ctx: SearchContext, cfg: ToTBFSConfig, seeds: list[int] | None
     finished: list[int] = []
     frontier = [ROOT]
     while frontier and not ctx.exhausted:
-        if seeds is not None:
-            kids, seeds = [seeds], None
-        else:
-            kids = await ctx.expand(frontier, root if frontier == [ROOT] else samples)
+        kids = await ctx.expand(frontier, root if frontier == [ROOT] else samples)
         proposals = drop_duplicates(tree, [c for ks in kids for c in ks])
         await ctx.score(proposals)
         proposals.sort(key=lambda n: (-chain_score(tree, n, cfg.aggregate), n))
