@@ -31,7 +31,7 @@ class LoadMonitor:
 
     def __init__(self, pools: dict[str, list[Any]], every_s: float = 2.0, window_s: float = WINDOW_S):
         self.pools = {name: list(handles) for name, handles in pools.items() if handles}
-        self.every_s, self.window_s = every_s, window_s
+        self.every_s = every_s
         # (pool, replica) -> answers of the window, oldest first; "down" / "no answer" for a missed poll
         self.seen: dict[tuple[str, int], collections.deque[dict[str, Any] | str]] = {
             (name, i): collections.deque(maxlen=max(2, round(window_s / every_s) + 1))
@@ -58,8 +58,7 @@ class LoadMonitor:
 
     def poll(self) -> None:
         """Asks every replica once (at most ``every_s`` seconds)."""
-        refs = {h.load.remote(): key for name, hs in self.pools.items() for key, h in zip(
-            ((name, i) for i in range(len(hs))), hs, strict=True)}  # fmt: skip
+        refs = {h.load.remote(): (name, i) for name, hs in self.pools.items() for i, h in enumerate(hs)}
         ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=self.every_s)
         answers: dict[tuple[str, int], dict[str, Any] | str] = dict.fromkeys(refs.values(), "no answer")
         for ref in ready:
@@ -70,14 +69,14 @@ class LoadMonitor:
         with self._lock:
             for key, answer in answers.items():
                 seen = self.seen[key]
-                last = next((a for a in reversed(seen) if isinstance(a, dict)), answer)
-                if isinstance(answer, dict) and answer["busy_seconds"] < last["busy_seconds"]:  # type: ignore[index]
+                counts = [a["busy_seconds"] for a in seen if isinstance(a, dict)]
+                if isinstance(answer, dict) and counts and answer["busy_seconds"] < counts[-1]:
                     seen.clear()  # Ray restarted it: a new count from zero
                 seen.append(answer)
 
     def snapshot(self) -> dict[str, list[dict[str, Any]]]:
         """Per pool, per replica: ``state`` (up / down / no answer), ``busy`` (fraction of the window, None
-        until two answers), ``queue`` (requests there now), ``requests`` (answered so far)."""
+        until two answers), ``queue`` (requests there now), ``requests`` (handled so far)."""
         out: dict[str, list[dict[str, Any]]] = {}
         with self._lock:
             for (name, i), seen in self.seen.items():

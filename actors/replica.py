@@ -63,7 +63,7 @@ class ReplicaActor:
         pool = "generator" if self.is_generator else "prm"
         self.replica, self.tags = env.replica, {"pool": pool, "replica": str(env.replica)}
         self.depth = 0  # requests here now
-        self.requests = 0  # requests answered
+        self.requests = 0  # requests handled (answered or failed)
         self.busy_s = 0.0  # seconds with depth > 0, up to busy_since
         self.busy_since: float | None = None  # monotonic time busy_s was last brought up to date
         names = {**(GENERATOR_METRICS if self.is_generator else PRM_METRICS), BUSY_METRIC[0]: BUSY_METRIC[1]}
@@ -106,10 +106,9 @@ class ReplicaActor:
     async def load(self) -> dict[str, Any]:
         """``queue``: requests here now; ``busy_seconds``: seconds with a request here since it
         started, against ``clock`` (this replica's monotonic clock, s): two answers give the
-        busy fraction between them; ``requests``: requests answered."""
+        busy fraction between them; ``requests``: requests handled."""
         self._account()
         return {
-            "replica": self.replica,
             "queue": self.depth,
             "busy_seconds": self.busy_s,
             "clock": time.monotonic(),

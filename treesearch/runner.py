@@ -17,6 +17,7 @@ written here and nowhere else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import sys
@@ -36,7 +37,7 @@ from treesearch.progress import Progress, ticking
 from treesearch.protocol import Generator, Scorer
 from treesearch.rundir import RunDir
 from treesearch.safeio import iter_rows
-from treesearch.storage import read_text
+from treesearch.storage import is_uri, read_text
 from treesearch.tasks.base import Problem
 from treesearch.tree import Tree
 
@@ -237,13 +238,14 @@ def results_text(out: str, state: str) -> str:
             return f"{summary}\nstatus: {state}\nrun dir: {out} ({RUN_FILES})"
         except FileNotFoundError:
             pass  # finished without a summary (stopped between the last row and the summary)
-    try:
-        text = read_text(out, "results.jsonl")
-    except FileNotFoundError as e:
-        raise ConfigError(f"{out} ({state}): no problem has finished yet") from e
-    with tempfile.TemporaryDirectory() as tmp:  # the checked reader, on a local copy (URIs too)
-        path = Path(tmp) / "results.jsonl"
-        path.write_text(text)
+    with contextlib.ExitStack() as stack:
+        path = Path(out) / "results.jsonl"
+        if is_uri(out):  # the checked reader runs on a local copy
+            path = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "results.jsonl"
+            with contextlib.suppress(FileNotFoundError):
+                path.write_text(read_text(out, "results.jsonl"))
+        if not path.is_file():
+            raise ConfigError(f"{out} ({state}): no problem has finished yet")
         latest = {row["id"]: row for _, row in iter_rows(path)}  # a re-run problem: its last row
     totals = tally(latest.values())
     of = ""
