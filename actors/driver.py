@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -120,7 +120,8 @@ def launch_pool(cfg: Any, seed: int, what: str) -> Pool:
 def wait_pools(pools: list[Pool], say: Callable[[str], None] | None = None) -> None:
     """Waits until every replica of ``pools`` answers, saying each one's start as it comes
     (``say``); pools start at once. A replica that cannot start stops them all with its cause,
-    or, past its pool's ``startup_timeout_s``, with what it asked for and what is free."""
+    or, past its pool's ``startup_timeout_s``, with what it asked for and what is free. A replica
+    killed while it starts (Ray restarts it) is waited for again, within the same deadline."""
     t0 = time.perf_counter()
     pending = {h.info.remote(): (p, i) for p in pools for i, h in enumerate(p.handles)}
     for p in pools:
@@ -144,7 +145,12 @@ def wait_pools(pools: list[Pool], say: Callable[[str], None] | None = None) -> N
                 )
             ref = done[0]
             p, i = pending[ref]
-            p.infos[i] = ray.get(ref)  # raises for a replica that failed to start: named below
+            try:
+                p.infos[i] = ray.get(ref)  # raises for a replica that failed to start: named below
+            except ActorUnavailableError:  # it died while starting and Ray is restarting it: ask again
+                del pending[ref]
+                pending[p.handles[i].info.remote()] = (p, i)
+                continue
             del pending[ref]
             if say is not None:
                 took = time.perf_counter() - t0
