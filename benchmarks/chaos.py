@@ -10,7 +10,8 @@ comes first, then the same job while a bounded fault loop, every ``--interval`` 
 - once, SIGSTOPs one instead: a hang, not a death (the dispatcher's per-request deadline,
   ``resources.request_timeout_s``, re-issues its requests elsewhere and has Ray kill and restart
   the replica);
-- once, when half the problems are written, SIGKILLs the driver and resumes the run dir
+- once, when ``--driver-kill-at`` of the problems are written (half; smoke a third, so most
+  replica faults land on the resumed driver), SIGKILLs the driver and resumes the run dir
   (``treesearch run ... --resume``) on the same cluster.
 
 It reports the faults injected, the requests re-issued, the problems answered (each exactly
@@ -154,17 +155,22 @@ def rows(out: Path) -> list[dict[str, Any]]:
 
 
 def replica_pids() -> list[tuple[str, int]]:
-    """(pool/index, pid) of every replica that answers within 3 s (a hung one does not)."""
-    found = []
+    """(pool/index, pid) of every replica that answers within 3 s (a hung one does not).
+
+    All replicas are asked at once, so a round costs at most 3 s however many do not answer
+    (asked one by one, a hang plus a restart made rounds so slow the run ended first)."""
+    asked: dict[Any, str] = {}
     for a in ray.util.list_named_actors(all_namespaces=True):
         if not a["name"].startswith(REPLICA_PREFIX):
             continue
-        try:
+        with contextlib.suppress(Exception):  # gone between the listing and the lookup
             handle = ray.get_actor(a["name"], namespace=a["namespace"])
-            info = ray.get(handle.info.remote(), timeout=3)
-        except Exception:  # restarting, gone, or hung
-            continue
-        found.append(("/".join(a["name"].split("/")[1:3]), int(info["pid"])))
+            asked[handle.info.remote()] = "/".join(a["name"].split("/")[1:3])
+    ready, _ = ray.wait(list(asked), num_returns=len(asked), timeout=3) if asked else ([], [])
+    found = []
+    for ref in ready:
+        with contextlib.suppress(Exception):  # died while answering
+            found.append((asked[ref], int(ray.get(ref)["pid"])))
     return found
 
 
@@ -182,7 +188,7 @@ def chaos_run(args: argparse.Namespace, address: str, out: Path, log: Path) -> t
         if proc.poll() is not None:
             break
         hang_open = faults.hung and faults.hang_cleared_s is None
-        if not driver_killed and not hang_open and len(rows(out)) >= args.problems // 2:
+        if not driver_killed and not hang_open and len(rows(out)) >= args.problems * args.driver_kill_at:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             faults.add(t0, "SIGKILL", "driver")
@@ -259,6 +265,12 @@ def main() -> None:
     ap.add_argument(
         "--interval", type=float, default=None, help="seconds between faults (default 12; smoke 0.4)"
     )
+    ap.add_argument(
+        "--driver-kill-at",
+        type=float,
+        default=None,
+        help="share of the problems written when the driver is killed (default 0.5; smoke 0.33)",
+    )
     ap.add_argument("--seed", type=int, default=0, help="seed of the fault loop")
     ap.add_argument("--out", default=None, help="keep the run dirs and logs here (default: a temp dir)")
     ap.add_argument("--json", default=None, help="also write the report here")
@@ -266,6 +278,9 @@ def main() -> None:
     args.problems = args.problems or (40 if args.smoke else 200)
     args.faults = args.faults or (8 if args.smoke else 20)
     args.interval = args.interval or (0.4 if args.smoke else 12.0)
+    args.driver_kill_at = args.driver_kill_at or (0.33 if args.smoke else 0.5)
+    if not 0 < args.driver_kill_at < 1:
+        ap.error(f"--driver-kill-at must be between 0 and 1, not {args.driver_kill_at}")
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the head is stopped (finally)
     work = Path(args.out or tempfile.mkdtemp(prefix="chaos-"))

@@ -190,10 +190,19 @@ def test_a_short_search_with_the_embedded_models_solves_an_easy_puzzle(stack):
     async def search(ctx):
         return await algo.run(ctx, cfg)
 
-    (result,), job, _ = asyncio.run(
-        run_problems([problem], task, search, stack.generator, stack.scorer, Budget(generated_tokens=600), 40)
-    )
-    assert result.correct and job.policy_generated_tokens <= 600 and job.prm_calls > 0
+    # Sampled, and the engine's random stream depends on what ran before: a search rarely misses
+    # (15 of 15 solved in a row here; one miss seen in CI, a wrong '= 24' line the PRM scored
+    # 0.99), so two of three must solve it.
+    solved = 0
+    for _ in range(3):
+        (result,), job, _ = asyncio.run(
+            run_problems(
+                [problem], task, search, stack.generator, stack.scorer, Budget(generated_tokens=600), 40
+            )
+        )
+        assert job.policy_generated_tokens <= 600 and job.prm_calls > 0
+        solved += result.correct
+    assert solved >= 2
 
 
 def test_the_embedded_policy_loads_in_transformers_and_writes_valid_steps():
