@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
         "viewer_render",
         "prefix_reuse",
         "train_step",
+        "first_step_heads",
     ],
 )
 def test_benchmark_smoke(name):

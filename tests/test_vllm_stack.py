@@ -21,7 +21,7 @@ from treesearch.models import embedded_model
 from treesearch.protocol import ExpandRequest, ScoreRequest, count_ids, decode_ids, encode_ids
 from treesearch.runner import run_job
 from treesearch.tasks.base import Problem
-from treesearch.tasks.game24 import Game24
+from treesearch.tasks.game24 import Game24, check_chain
 from treesearch.training.tiny import build_char_tokenizer
 from treesearch.tree import TERMINAL, Tree
 
@@ -37,6 +37,7 @@ SMALL = {
     "tot_bfs": "{name: tot_bfs, breadth: 2, samples: 3}",
     "tot_dfs": "{name: tot_dfs, samples: 2, threshold: 0.0}",
     "mcts": "{name: mcts, simulations: 6, parallel: 2, expansions: 2}",
+    "adaptive": "{name: adaptive}",  # sized by the budget; first steps drawn as heads
 }
 
 
@@ -203,6 +204,34 @@ def test_a_short_search_with_the_embedded_models_solves_an_easy_puzzle(stack):
         assert job.policy_generated_tokens <= 600 and job.prm_calls > 0
         solved += result.correct
     assert solved >= 2
+
+
+def test_first_steps_drawn_as_heads_on_vllm_are_whole_distinct_steps(stack):
+    """``expand_distinct`` on the real policy: 12 heads of the task's ``4 + 8 =`` (7 tokens),
+    each distinct one completed from the prompt + its head's ids."""
+    task, trees, seen = Game24("dev"), {}, {}
+
+    async def search(ctx):
+        seen["head"] = ctx.step_cost.head_tokens
+        seen["kids"] = await ctx.expand_distinct(0, 12, ctx.step_cost.head_tokens)
+        return None
+
+    budget = Budget(generated_tokens=2000, early_stop="never")
+    (result,), _, _ = asyncio.run(
+        run_problems(
+            [task.problem((4, 6, 8, 13))], task, search, stack.generator, stack.scorer, budget, 40,
+            on_result=lambda r, t: trees.setdefault(r.id, t),
+        )
+    )  # fmt: skip
+    tree, kids, tok = trees[result.id], seen["kids"], build_char_tokenizer(added_tokens=["ки"])
+    texts = [tree.step_text[c] for c in kids]
+    assert seen["head"] == 7 and 1 <= len(kids) <= 12 and len({t[:7] for t in texts}) == len(kids)
+    assert sum(check_chain((4, 6, 8, 13), [t]).ok for t in texts) >= len(kids) / 2  # whole, valid steps
+    for c in kids:  # a child's ids are its head's and its rest's, the delimiter included
+        assert tok.decode(tree.token_ids[c], skip_special_tokens=True) == tree.step_text[c] + "\n"
+    assert all(len(tree.token_ids[c]) > 7 for c in kids)  # every head was cut, then completed
+    assert result.ledger.generator_calls == 1 + len(kids) and result.ledger.nodes == len(kids)
+    assert result.ledger.policy_generated_tokens == 12 * 7 + sum(len(tree.token_ids[c]) - 7 for c in kids)
 
 
 def test_the_embedded_policy_loads_in_transformers_and_writes_valid_steps():

@@ -52,11 +52,13 @@ def _same_trees(a: dict[str, Tree], b: dict[str, Tree]) -> bool:
     return a.keys() == b.keys() and all(trees_equal(strip(a[k]), strip(b[k])) for k in a)
 
 
-def test_journal_replay_rebuilds_the_tree_and_ledger_without_a_backend():
-    """Half a search's answers replayed, then live: the same tree as one uninterrupted run."""
+@pytest.mark.parametrize("algorithm", ["mcts", "adaptive"])
+def test_journal_replay_rebuilds_the_tree_and_ledger_without_a_backend(algorithm):
+    """Half a search's answers replayed, then live: the same tree as one uninterrupted run
+    (adaptive: its first steps are heads and their completions, answers that are no nodes)."""
     import asyncio
 
-    job = resolve(_cfg("mcts", "run.limit=3", "run.in_process=true"))
+    job = resolve(_cfg(algorithm, "run.limit=3", "run.in_process=true"))
     gen, scorer = local_backends(job)
     store, journals = TreeStore(), {}
 

@@ -90,6 +90,7 @@ class SearchContext:
         self._question = problem.data.get("question") or tree.step_text[ROOT]
         self._counts: dict[int, CountState] = {}
         self._steps: dict[int, tuple[str, ...]] = {ROOT: ()}
+        self._heads: dict[int, set[bytes]] = {}  # step heads drawn per node (expand_distinct)
 
     @property
     def ledger(self) -> Ledger:
@@ -180,6 +181,44 @@ class SearchContext:
         over a shared tree commits them to the tree's store). None where the budget refused."""
         return await self._generate([(n, prompt, k, nonce, True) for n, prompt, k, nonce in asks])
 
+    async def expand_distinct(self, node: int, k: int, head_tokens: int) -> list[int]:
+        """Distinct next steps of ``node`` for fewer tokens: ``k`` samples of a step's first
+        ``head_tokens`` tokens (its *head*), identical heads merged (with the heads earlier calls
+        drew for this node too), each new head completed once. Where the head decides the step
+        (Game of 24's ``4 + 8 =``), each copy that plain sampling would draw whole costs
+        ``head_tokens`` instead. Returns the new child ids (a head that ended its step is a
+        child as it is); fewer, or none, where the budget refused.
+        """
+        if k <= 0 or not self.expandable(node):
+            return []
+        if not 0 < head_tokens < self.max_step_tokens:  # no head shorter than a step: whole steps
+            (kids,) = await self.expand([node], k)
+            return kids
+        prefix = self.prefix_ids(node)
+        nonce = self._nonce(node, -1)  # heads count apart from whole expansions of the node
+        (heads,) = await self._generate([(node, prefix, k, nonce, False)], head_tokens)
+        if heads is None:
+            return []
+        seen = self._heads.setdefault(node, set())
+        whole: list[GeneratedStep] = []  # heads that ended their step: no completion needed
+        partial: list[GeneratedStep] = []
+        for s in heads.samples:
+            if s.token_ids not in seen:
+                seen.add(s.token_ids)
+                (partial if s.finish_reason == "length" else whole).append(s)
+        self.guard.spent.nodes += len(whole)
+        rests = await self._generate(
+            [(node, prefix + h.token_ids, 1, 0, True) for h in partial], self.max_step_tokens - head_tokens
+        )
+        for h, r in zip(partial, rests, strict=True):
+            if r is not None and r.samples:
+                rest = r.samples[0]
+                text, ids = h.text + rest.text, h.token_ids + rest.token_ids
+                whole.append(GeneratedStep(text, ids, h.logprob + rest.logprob, rest.finish_reason))
+        if not whole:
+            return []
+        return self._commit_expansion(node, ExpandResult(tuple(whole), 0, 0, 0, heads.replica))
+
     def _nonce(self, node: int, extra: int) -> int:
         """Expansions of this prefix so far (distinct samples each time it is expanded)."""
         key = (node, extra)
@@ -204,13 +243,17 @@ class SearchContext:
             cached = self._prefix[node] = self.prefix_ids(self.tree.parent[node]) + step
         return cached
 
-    async def _generate(self, asks: Sequence[tuple[int, bytes, int, int, bool]]) -> list[ExpandResult | None]:
+    async def _generate(
+        self, asks: Sequence[tuple[int, bytes, int, int, bool]], max_tokens: int | None = None
+    ) -> list[ExpandResult | None]:
         """Reserves, sends and settles generation requests ``(node, prompt ids, samples wanted,
-        nonce, samples are nodes)``; None where the budget refused."""
+        nonce, samples are nodes)``, at most ``max_tokens`` per sample (None: the step cap);
+        None where the budget refused."""
         if self.settled is not None:  # stopped early: nothing more is spent
             return [None] * len(asks)
         self.tick()
-        delim, max_step, guard = self.task.step_delimiter, self.max_step_tokens, self.guard
+        delim, guard = self.task.step_delimiter, self.guard
+        max_step = self.max_step_tokens if max_tokens is None else max_tokens
         plans: list[tuple[int, ExpandRequest, Costs]] = []
         for i, (node, prompt, want, nonce, _) in enumerate(asks):
             prompt_tokens = len(prompt) >> 2

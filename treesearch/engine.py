@@ -156,6 +156,13 @@ def _step_tokens(task: Task, generator: Generator, max_step_tokens: int) -> floa
     return min(max_step_tokens, sum(len(generator.tokenize(s)) for s in examples) / len(examples))
 
 
+def _head_tokens(task: Task, generator: Generator) -> int:
+    """Generated tokens of the task's step head (``Task.step_head``, e.g. Game of 24's
+    ``4 + 8 =``) in the generator's tokens; 0 when the task names none."""
+    head = getattr(task, "step_head", "")
+    return len(generator.tokenize(head)) if head else 0
+
+
 def failed(problem: Problem, error: BaseException, tree: Tree, ledger: Ledger) -> ProblemResult:
     """A problem whose search raised: its error, and the compute it spent."""
     return ProblemResult(
@@ -243,6 +250,7 @@ async def run_problems(
         pool = JobPool(budget, [p.id for p in problems])
         concurrency = max(concurrency, len(problems))  # a pool's barrier waits for every problem
     step_tokens = _step_tokens(task, generator, max_step_tokens)
+    head_tokens = _head_tokens(task, generator)
     gc.freeze()  # setup's objects (solver memo tables, datasets) never enter a GC pass again
     # Requests and answers are short-lived: a larger young generation lets them die by
     # refcount before a collection walks them (~15% of the engine's CPU at 700).
@@ -269,7 +277,7 @@ async def run_problems(
         ctx = SearchContext(
             problem, task, tree, batcher, guard, cost, max_step_tokens, scorer.counter,
             store.journal(problem.id), replay, stop,
-            StepCost(step_tokens, max_step_tokens, len(prompt_ids), depth),
+            StepCost(step_tokens, max_step_tokens, len(prompt_ids), depth, head_tokens),
         )  # fmt: skip
         try:
             if lease.store is not None:

@@ -49,12 +49,16 @@ class StepCost:
       max_step_tokens: the step cap (the reservation's worst case).
       prompt_tokens: the problem's prompt.
       depth: expected steps of a finished chain.
+      head_tokens: generated tokens of a step's head, the part that decides the step (the
+        task's ``step_head`` tokenised by the generator; 0: the task names none), for
+        :meth:`treesearch.context.SearchContext.expand_distinct`.
     """
 
     step_tokens: float
     max_step_tokens: int
     prompt_tokens: int
     depth: int
+    head_tokens: int = 0
 
     def per_unit(self, unit: str, cost: ModelCost, worst: bool = False) -> float:
         """Cost of one step sample in ``unit`` (expected, or at the worst case)."""

@@ -7,22 +7,31 @@ et al., 2024, who choose the test-time strategy by estimated difficulty).
 2. Difficulty: the best first step's PRM score, how good the best start the policy offered
    looks to the verifier.
 3. Easy (best >= ``easy_score``): go deep at once, a budget-sized beam search from the probe's
-   first steps, so the root samples not drawn go to depth. Hard: go wide first, the rest of
-   the root's share in new first steps, then the beam from all of them.
+   first steps, so the root samples not drawn go to depth. Hard: go wide first, new first
+   steps until the root's share of the budget is spent, then the beam from all of them.
 
-    firsts = score(expand(root, probe x root share))
-    if max(score(firsts)) < easy_score: firsts += score(expand(root, the rest of the share))
+First steps are drawn as *heads* (``head_tokens``, default the task's ``step_head``: Game of
+24's operation, ``4 + 8 =``), identical heads merged and each new one completed once
+(:meth:`~treesearch.context.SearchContext.expand_distinct`): a copy of a first step costs its
+head instead of the whole step, so the root's share buys more distinct first steps.
+
+    firsts = score(distinct_steps(root, probe x root share))
+    while max(score(firsts)) < easy_score and the root's share is not spent:
+        firsts += score(distinct_steps(root, what is left of the share))
     return beam(from firsts, the rest of the budget)
 
-Why this split (Game of 24, dev split, embedded models): a small policy's failures are mostly
-first steps from which 24 is out of reach. Going deep from a probe whose first steps all look
-bad solved 1 of 29 such puzzles where new first steps solved 10 (the same puzzles, the
-fixed-shape beam); where the probe already holds a good start, the samples a fixed root share
-would still draw are better spent deeper. The bar for "good" is high (``easy_score`` 0.9): at
-0.6 most puzzles counted as easy and lost their second half of first steps, which cost 8 points
-at 600 tokens on the dev split (seeds 0-1, mean of 300 / 600 / 1,200 tokens: 69.0% at 0.6,
-73.0% at 0.9; beam 73.3%, ToT BFS 74.2%). Continuing hard puzzles with ToT BFS instead of the
-beam, or easy ones, was no better there (72.8%, 72.5%).
+Why (Game of 24, embedded models, dev split): a small policy's failures are mostly first steps
+from which 24 is out of reach (at 600 tokens, 18-27 of a run's 25-32 failures had no first
+step in the tree that kept 24 reachable). Going deep from a probe whose first steps all look
+bad solved 1 of 29 such puzzles where new first steps solved 10; where the probe already holds
+a good start, the samples a fixed root share would still draw are better spent deeper. The bar
+for "good" is high (``easy_score`` 0.9: at 0.6, 8 points fewer at 600 tokens).
+
+13 whole first steps (346 tokens) hold 6.7 distinct valid ones and a good one for 82 of the
+100 dev puzzles; 19 heads (321 tokens) 8.5 and 84 (``benchmarks/first_step_heads.py``). Dev
+split, seeds 0-3, 300 / 600 / 1,200 tokens: 65.3 / 79.0 / 86.0% with heads, 60.8 / 73.3 /
+83.3% with whole first steps (best single algorithm: 61.5 / 77.0 / 84.5%); every puzzle
+hard, with heads: 64.5 / 77.0 / 86.8%: the heads make the lead, the split adds little.
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ from dataclasses import dataclass
 from treesearch.algorithms.beam import BeamConfig, beam_search
 from treesearch.context import SearchContext
 from treesearch.selection import Aggregate, Selection
-from treesearch.sizing import ROOT_SHARE
+from treesearch.sizing import ROOT_SHARE, Auto
 from treesearch.tree import ROOT
 
 
@@ -41,6 +50,7 @@ from treesearch.tree import ROOT
 class AdaptiveConfig:
     probe: float = 0.5  # share of the root's samples drawn before judging difficulty (0, 1]
     easy_score: float = 0.9  # best first-step PRM score from which a problem counts as easy
+    head_tokens: int | Auto = "auto"  # first steps drawn as heads this long, merged (0: whole)
     dedup: bool = True  # the beam merges identical chains
     selection: Selection = "last"  # the beam's choice among finished chains
     aggregate: Aggregate = "last"  # the beam's chain score
@@ -49,16 +59,29 @@ class AdaptiveConfig:
 async def adaptive(ctx: SearchContext, cfg: AdaptiveConfig) -> int | None:
     if not 0 < cfg.probe <= 1:
         raise ValueError(f"adaptive probe must be in (0, 1], got {cfg.probe}")
+    if isinstance(cfg.head_tokens, int) and cfg.head_tokens < 0:
+        raise ValueError(f"adaptive head_tokens must be >= 0, got {cfg.head_tokens}")
     tree = ctx.tree
     a = ctx.allowance()
     share = min(ROOT_SHARE * a.samples, a.worst) if a.limited else 16
-    probe = max(1, int(cfg.probe * share))
-    (firsts,) = await ctx.expand([ROOT], probe)
-    await ctx.score(firsts)
+    head = ctx.step_cost.head_tokens if cfg.head_tokens == "auto" and ctx.step_cost else cfg.head_tokens
+    assert isinstance(head, int)
+
+    async def first_steps(k: int) -> list[int]:
+        kids = await ctx.expand_distinct(ROOT, k, head)
+        await ctx.score(kids)
+        return kids
+
+    firsts = await first_steps(max(1, int(cfg.probe * share)))
     scores = [tree.prm_score[c] for c in firsts if not math.isnan(tree.prm_score[c])]
-    if (not scores or max(scores) < cfg.easy_score) and int(share) > probe and not ctx.exhausted:
-        (more,) = await ctx.expand([ROOT], int(share) - probe)  # hard: wide at the root first
-        await ctx.score(more)
-        firsts += more
+    hard = not scores or max(scores) < cfg.easy_score
+    empty = 0  # calls in a row that found no new first step
+    while hard and not ctx.exhausted and empty < 2:  # hard: wide at the root, its whole share
+        left = int(share - (a.samples - ctx.allowance().samples)) if a.limited else int(share) - len(firsts)
+        if left < 1:
+            break
+        new = await first_steps(left)
+        empty = 0 if new else empty + 1
+        firsts += new
     beam = BeamConfig(dedup=cfg.dedup, selection=cfg.selection, aggregate=cfg.aggregate)
     return await beam_search(ctx, beam, seeds=firsts)

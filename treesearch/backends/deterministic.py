@@ -123,12 +123,15 @@ class NoisyOracleGenerator:
         prompt_text = self.tokenizer.decode(decode_ids(req.prompt_ids))
         lines = prompt_text.split(req.stop)
         numbers = [int(x) for x in lines[0].split()]
-        steps = [s for s in lines[1:] if s]
+        head = lines[-1] if len(lines) > 1 else ""  # a step begun in the prompt is continued
+        steps = [s for s in lines[1:-1] if s]
         state = g24.Game24().state(Problem("", "", {"numbers": numbers}), steps)
         samples = []
         for i in range(req.k):
             rng = stable_rng(self.seed, prompt_text, req.node, req.nonce, i)
             text, good = self._propose(state, rng)
+            if head:
+                text, good = self._continue(head, text, good, state, rng)
             ids = self.tokenizer.encode(text + req.stop)
             if len(ids) > req.max_tokens:
                 ids, finish = ids[: req.max_tokens], "length"
@@ -156,6 +159,17 @@ class NoisyOracleGenerator:
         if good and rng.random() >= self.error_rate:
             return rng.choice(good).text(), True
         return self._error(state, rng), False
+
+    def _continue(
+        self, head: str, text: str, good: bool, state: g24.State, rng: random.Random
+    ) -> tuple[str, bool]:
+        """The rest of a step whose ``head`` the prompt ends with: of up to 32 proposals
+        (``text`` first), the first that begins with the head, else a rest that cannot parse."""
+        for _ in range(32):
+            if text.startswith(head):
+                return text[len(head) :], good
+            text, good = self._propose(state, rng)
+        return " ?", False
 
     @staticmethod
     def _error(state: g24.State, rng: random.Random) -> str:

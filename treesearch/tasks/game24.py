@@ -287,6 +287,8 @@ class Game24:
     # typical steps, delimiter included: their mean length in the generator's tokens is the
     # expected cost of a step when a search sizes itself by its budget
     example_steps = ("4 + 8 = 12 (left: 6 12 13)\n", "13 - 1 = 12 (left: 2 12)\n", "12 * 2 = 24 (left: 24)\n")
+    # the head that decides a step (its operation): first steps are drawn as heads and merged
+    step_head = "4 + 8 ="
 
     def __init__(self, split: str = "test", integer_only: bool = False, csv_path: str | None = None):
         splits = ("train", "dev", "test", "tot_test", "all")
