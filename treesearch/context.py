@@ -200,13 +200,13 @@ class SearchContext:
         if heads is None:
             return []
         seen = self._heads.setdefault(node, set())
-        whole: list[GeneratedStep] = []  # heads that ended their step: no completion needed
+        steps: list[GeneratedStep] = []  # new heads that ended their step, then completed ones
         partial: list[GeneratedStep] = []
         for s in heads.samples:
             if s.token_ids not in seen:
                 seen.add(s.token_ids)
-                (partial if s.finish_reason == "length" else whole).append(s)
-        self.guard.spent.nodes += len(whole)
+                (partial if s.finish_reason == "length" else steps).append(s)
+        self.guard.spent.nodes += len(steps)  # completions count as nodes when they are booked
         rests = await self._generate(
             [(node, prefix + h.token_ids, 1, 0, True) for h in partial], self.max_step_tokens - head_tokens
         )
@@ -214,10 +214,10 @@ class SearchContext:
             if r is not None and r.samples:
                 rest = r.samples[0]
                 text, ids = h.text + rest.text, h.token_ids + rest.token_ids
-                whole.append(GeneratedStep(text, ids, h.logprob + rest.logprob, rest.finish_reason))
-        if not whole:
+                steps.append(GeneratedStep(text, ids, h.logprob + rest.logprob, rest.finish_reason))
+        if not steps:
             return []
-        return self._commit_expansion(node, ExpandResult(tuple(whole), 0, 0, 0, heads.replica))
+        return self._commit_expansion(node, ExpandResult(tuple(steps), 0, 0, 0, heads.replica))
 
     def _nonce(self, node: int, extra: int) -> int:
         """Expansions of this prefix so far (distinct samples each time it is expanded)."""

@@ -64,8 +64,10 @@ async def adaptive(ctx: SearchContext, cfg: AdaptiveConfig) -> int | None:
     tree = ctx.tree
     a = ctx.allowance()
     share = min(ROOT_SHARE * a.samples, a.worst) if a.limited else 16
-    head = ctx.step_cost.head_tokens if cfg.head_tokens == "auto" and ctx.step_cost else cfg.head_tokens
-    assert isinstance(head, int)
+    if isinstance(cfg.head_tokens, int):
+        head = cfg.head_tokens
+    else:  # auto: the task's head (0 without one: whole steps)
+        head = ctx.step_cost.head_tokens if ctx.step_cost else 0
 
     async def first_steps(k: int) -> list[int]:
         kids = await ctx.expand_distinct(ROOT, k, head)
