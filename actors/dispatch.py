@@ -29,7 +29,7 @@ It knows nothing about the search. A batch of requests is split across replicas:
   replicas that Ray is restarting (``ActorUnavailableError``: a vLLM engine takes a minute to
   come back) is not charged to those retries but bounded by ``restart_wait_s``.
 
-Results are delivered per call as they come (:meth:`ReplicaPool.dispatch`): a straggling
+Results are delivered per call as they come (:meth:`Router.dispatch`): a straggling
 replica holds only the requests it serves.
 """
 
@@ -81,7 +81,65 @@ def rendezvous_order(key: str, replicas: int) -> list[int]:
     return sorted(range(replicas), key=lambda r: -zlib.crc32(prefix + r.to_bytes(4, "little")))
 
 
-class ReplicaPool(Generic[Req, Res]):
+class Homes:
+    """Each affinity key's home replica: the first of its rendezvous ranking under a bounded
+    share of the active keys (``balance`` x the mean); a key idle for ``idle_s`` is released,
+    and a key whose home is gone is homed again.
+
+    Attributes:
+      home: key -> (home replica, last use), least recently used first.
+      keys_on: active keys homed on each replica.
+    """
+
+    def __init__(self, gone: list[bool], balance: float = 1.1, idle_s: float = 30.0):
+        self.gone, self.balance, self.idle_s = gone, balance, idle_s
+        self.home: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self.keys_on = [0] * len(gone)
+        self._order: dict[str, list[int]] = {}
+
+    def order(self, key: str) -> list[int]:
+        order = self._order.get(key)
+        if order is None:
+            order = self._order[key] = rendezvous_order(key, len(self.gone))
+        return order
+
+    def _assign(self, key: str) -> int:
+        """A home for a new key: the first in its ranking under the bounded share of keys."""
+        live = sum(not g for g in self.gone)
+        if not live:
+            raise BackendUnavailable(f"all {len(self.gone)} replicas of the pool are gone")
+        cap = math.ceil(self.balance * (len(self.home) + 1) / live)
+        for r in self.order(key):
+            if not self.gone[r] and self.keys_on[r] < cap:
+                return r
+        return min((r for r in range(len(self.gone)) if not self.gone[r]), key=self.keys_on.__getitem__)
+
+    def _release_idle(self, now: float) -> None:
+        while self.home:
+            key, (r, used) = next(iter(self.home.items()))
+            if now - used < self.idle_s:
+                return
+            del self.home[key]
+            self.keys_on[r] -= 1
+            self._order.pop(key, None)
+
+    def home_of(self, key: str, now: float) -> int:
+        """The key's home replica, assigned on its first request."""
+        entry = self.home.get(key)
+        if entry is None or self.gone[entry[0]]:
+            if entry is not None:
+                self.keys_on[entry[0]] -= 1
+            self._release_idle(now)
+            home = self._assign(key)
+            self.keys_on[home] += 1
+        else:
+            home = entry[0]
+            self.home.move_to_end(key)
+        self.home[key] = (home, now)
+        return home
+
+
+class Router(Generic[Req, Res]):
     """Routes batches of requests to actor replicas (see module docstring).
 
     Args:
@@ -137,11 +195,8 @@ class ReplicaPool(Generic[Req, Res]):
         self.gone = [False] * n
         self.stats = PoolStats(routed=[0] * n, busy_seconds=[0.0] * n)
         self.max_calls_in_flight = max_calls_in_flight
-        self.balance, self.idle_s = balance, idle_s
         self.restart = restart or (lambda handle: ray.kill(handle, no_restart=False))
-        self.home: OrderedDict[str, tuple[int, float]] = OrderedDict()  # key -> (home, last use)
-        self.keys_on = [0] * n  # active keys homed on each replica
-        self._order: dict[str, list[int]] = {}
+        self.homes = Homes(self.gone, balance, idle_s)
         self._slots: list[asyncio.Semaphore] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -150,54 +205,13 @@ class ReplicaPool(Generic[Req, Res]):
     def estimate(self, r: int) -> int:
         return self.load[r] + self.others[r]
 
-    def order(self, key: str) -> list[int]:
-        order = self._order.get(key)
-        if order is None:
-            order = self._order[key] = rendezvous_order(key, len(self.handles))
-        return order
-
-    def _assign(self, key: str) -> int:
-        """A home for a new key: the first in its ranking under the bounded share of keys."""
-        live = sum(not g for g in self.gone)
-        if not live:
-            raise BackendUnavailable(f"all {len(self.handles)} replicas of the pool are gone")
-        cap = math.ceil(self.balance * (len(self.home) + 1) / live)
-        for r in self.order(key):
-            if not self.gone[r] and self.keys_on[r] < cap:
-                return r
-        return min((r for r in range(len(self.handles)) if not self.gone[r]), key=self.keys_on.__getitem__)
-
-    def _release_idle(self, now: float) -> None:
-        while self.home:
-            key, (r, used) = next(iter(self.home.items()))
-            if now - used < self.idle_s:
-                return
-            del self.home[key]
-            self.keys_on[r] -= 1
-            self._order.pop(key, None)
-
-    def home_of(self, key: str, now: float) -> int:
-        """The key's home replica, assigned on its first request (bounded share of keys)."""
-        entry = self.home.get(key)
-        if entry is None or self.gone[entry[0]]:
-            if entry is not None:
-                self.keys_on[entry[0]] -= 1
-            self._release_idle(now)
-            home = self._assign(key)
-            self.keys_on[home] += 1
-        else:
-            home = entry[0]
-            self.home.move_to_end(key)
-        self.home[key] = (home, now)
-        return home
-
     def route(self, keys: Sequence[str]) -> list[int]:
         """The replica of each request of a batch with these affinity keys: its key's home
         unless that would put the home more than ``affinity_bound`` requests above the least
         loaded live replica once the batch is out; then (the batch's last such requests first)
         the next replica of the key's ranking within the bound."""
         now = time.monotonic()
-        out = [self.home_of(k, now) for k in keys]
+        out = [self.homes.home_of(k, now) for k in keys]
         final = [self.estimate(r) for r in range(len(self.handles))]
         for r in out:
             final[r] += 1
@@ -210,7 +224,7 @@ class ReplicaPool(Generic[Req, Res]):
             target = next(
                 (
                     r
-                    for r in self.order(keys[i])
+                    for r in self.homes.order(keys[i])
                     if not self.gone[r] and final[r] + 1 <= final[least] + self.affinity_bound
                 ),
                 least,
@@ -220,7 +234,7 @@ class ReplicaPool(Generic[Req, Res]):
             final[target] += 1
             if target == least:
                 least = min(live, key=final.__getitem__)
-        moved = sum(r != self.home[k][0] for r, k in zip(out, keys, strict=True))
+        moved = sum(r != self.homes.home[k][0] for r, k in zip(out, keys, strict=True))
         self.stats.affinity_moves += moved
         self.stats.affinity_hits += len(keys) - moved
         return out

@@ -1,14 +1,13 @@
 """The driver's side of search workers: hand out problems, merge results, survive deaths.
 
-:class:`WorkerFleet` is a :class:`treesearch.runner.SearchPlane`. It keeps one
-:meth:`SearchWorker.step` call outstanding per worker; each reply brings finished problems
-(written to the run dir by the runner, each exactly once), journal deltas of the problems the
-worker holds, and how many more it can take, which the next call hands it (at most
-``run.lease`` at a time, so the tail of a job spreads over the workers: work stealing by
-small pulls).
+:class:`WorkerFleet` keeps one :meth:`SearchWorker.step` call outstanding per worker; each
+reply brings finished problems (written to the run dir by the runner, each exactly once),
+journal deltas of the problems the worker holds, and how many more it can take, which the
+next call hands it (at most ``run.lease`` at a time, so the tail of a job spreads over the
+workers: work stealing by small pulls).
 
 When a job has fewer problems than workers (and its algorithm has a tree-parallel search:
-MCTS), the workers share each problem's tree through a :class:`actors.tree_store.TreeStoreActor`
+MCTS), the workers share each problem's tree through a :class:`actors.shared_tree.SharedTreeActor`
 instead: each gets a share, and once every share is in, the driver judges the tree's answer.
 
 A worker that dies (Ray restarts it, up to ``max_restarts``): the problems it held go back to
@@ -25,65 +24,54 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from actors.pools import merge_dispatch_stats
+from actors.clients import merge_dispatch_stats
 from actors.search_worker import SearchWorker
-from actors.tree_store import TreeStoreActor
+from actors.shared_tree import SharedTreeActor
 from treesearch.budget import Ledger
-from treesearch.engine import FAILED, JobFailed, evaluate
+from treesearch.engine import first_error
+from treesearch.feed import Lease
 from treesearch.job import Job
-from treesearch.runner import OnResult
+from treesearch.plane import OnRow
+from treesearch.results import FailureLimit, evaluate
 from treesearch.tasks.base import Problem
 from treesearch.tree import Tree
 
 
-@dataclass
-class Held:
-    """A problem a worker holds: its journal so far and its requests in flight as last reported;
-    ``shared``: a share of a tree several workers search (tree-parallel)."""
-
-    problem: Problem
-    journal: list[bytes] = field(default_factory=list)
-    in_flight: dict[str, float] = field(default_factory=dict)
-    shared: bool = False
-
-
-@dataclass
-class SharedProblem:
-    """A problem searched by several workers: its shares out, and their compute so far."""
-
-    shares: int = 0
-    ledger: Ledger = field(default_factory=Ledger)
-
-
 class WorkerFleet:
-    """``run.search_workers`` search workers (see module docstring)."""
+    """``workers`` search workers for one job (see module docstring).
+
+    Attributes:
+      held: per worker, the leases it holds now (by problem id).
+      lost_attempts, replayed: leases lost with a dead worker, and of those, resumed from a journal.
+      lost: the compute lost leases had in flight when last reported (worst cases).
+    """
 
     def __init__(self, job: Job, replicas: Any, workers: int, max_restarts: int = 3, wait_s: float = 0.5):
-        cfg = job.cfg
         self.job, self.wait_s, self.max_restarts = job, wait_s, max_restarts
         self.workers = [
             SearchWorker.options(max_restarts=max_restarts, max_task_retries=0, num_cpus=0).remote(
-                cfg, replicas, i
+                job.cfg, job.sections, replicas, i
             )
             for i in range(workers)
         ]
-        self.lost_attempts = 0
-        self.replayed = 0
+        self.lost_attempts = self.replayed = 0
         self.lost = Ledger()
-        self.held: list[dict[str, Held]] = []
-        self.stores: list[Any] = []  # tree stores of tree-parallel searches
+        self.held: list[dict[str, Lease]] = [{} for _ in self.workers]
+        self.shared_trees: list[Any] = []  # actors of tree-parallel searches
         self.worker_stats: list[dict[str, Any]] = [{} for _ in self.workers]
         self.dispatch: list[dict[str, Any]] = [{} for _ in self.workers]
         self._cpu_base = [0.0] * len(self.workers)  # each worker's CPU seconds at the last run's end
+        self._queue: deque[Lease] = deque()
+        self._shares: dict[str, tuple[int, Ledger]] = {}  # a shared tree's shares out, their compute
+        self._remaining = self._nodes = 0
 
     def shutdown(self) -> None:
-        for w in [*self.workers, *self.stores]:
+        for w in [*self.workers, *self.shared_trees]:
             ray.kill(w, no_restart=True)
 
     async def snapshot(self) -> dict[str, bytes]:
@@ -96,108 +84,131 @@ class WorkerFleet:
                 out.update(part)
         return out
 
-    async def run(
-        self, problems: Sequence[Problem], on_result: OnResult, max_failures: int
-    ) -> dict[str, Any]:
+    async def run(self, problems: Sequence[Problem], on_row: OnRow, failures: FailureLimit) -> dict[str, Any]:
+        """Searches every problem once on the workers; returns the fleet's counters."""
         cpu0, wall0 = time.thread_time(), time.perf_counter()
-        store = await self._open_shared(problems)
-        if store is None:
-            queue: deque[Held] = deque(Held(p) for p in problems)
+        shared = await self._open_shared(problems)
+        if shared is None:
+            self._queue = deque(Lease(p) for p in problems)
         else:  # fewer problems than workers: each worker searches a share of one tree
-            queue = deque(Held(problems[i % len(problems)], shared=True) for i in range(len(self.workers)))
-        shared = {p.id: SharedProblem() for p in problems} if store is not None else {}
-        remaining = len(problems)
-        failed = nodes = 0
-        held = self.held = [{} for _ in self.workers]  # problems each worker holds now
-        losses = [0] * len(self.workers)  # deaths in a row, per worker
+            self._queue = deque(
+                Lease(problems[i % len(problems)], shared=shared) for i in range(len(self.workers))
+            )
+            self._shares = {p.id: (0, Ledger()) for p in problems}
+        self._remaining, self._nodes = len(problems), 0
+        self.held = [{} for _ in self.workers]
         gone: set[int] = set()
-        lease_size = self.job.cfg.run.lease
+        await first_error(
+            [self._drive(i, problems, on_row, failures, gone) for i in range(len(self.workers))]
+        )
+        return self._counters(cpu0, wall0)
 
-        async def drive(i: int, worker: Any) -> None:
-            nonlocal remaining, failed, nodes
-            want = self.job.cfg.run.concurrency + lease_size
-            while remaining > 0:
-                grant = []
-                for _ in range(len(queue)):
-                    if len(grant) >= min(want, lease_size):
-                        break
-                    h = queue.popleft()
-                    if h.problem.id in held[i]:  # a second share of a tree it already searches
-                        queue.append(h)
-                        continue
-                    held[i][h.problem.id] = h
-                    if h.shared:
-                        shared[h.problem.id].shares += 1
-                    grant.append((h.problem, b"".join(h.journal), store if h.shared else None))
-                try:
-                    reply = await worker.step.remote(grant, self.wait_s)
-                except RayTaskError as e:  # the worker's engine hit a job-level error
-                    raise e.as_instanceof_cause() from None
-                except RayActorError as e:  # the worker died: its problems go back, journals kept
-                    for pid, h in held[i].items():
-                        if h.shared:  # its selections in flight will never be committed
-                            shared[pid].shares -= 1
-                            await store.abandon.remote(pid, f"w{i}")
-                    self._requeue(held[i], queue)
-                    if e.actor_init_failed:
-                        raise RuntimeError(f"search worker {i} failed to start: {e}") from e
-                    losses[i] += 1
-                    if losses[i] > self.max_restarts:  # Ray will not bring it back
-                        gone.add(i)
-                        if len(gone) == len(self.workers):
-                            raise RuntimeError(
-                                f"every search worker died ({self.max_restarts} restarts each): {e}"
-                            ) from e
-                        return
-                    await asyncio.sleep(0.5)  # Ray restarts it; the next call waits for that
-                    want = self.job.cfg.run.concurrency + lease_size
-                    continue
-                losses[i] = 0
-                for row, tree in reply["results"]:
-                    h = held[i].pop(row["id"], None)
-                    if h is None:
-                        continue  # not this worker's (cannot happen; never written twice)
-                    if h.shared:  # one share done (a failed share ends its part; the tree goes on)
-                        share = shared[row["id"]]
-                        share.shares -= 1
-                        share.ledger.add(Ledger.from_dict(row["ledger"]))
-                        if share.shares or any(h.problem.id == row["id"] for h in queue):
-                            continue
-                        row, tree = await self._finish_shared(store, row["id"], share.ledger, problems)
-                    remaining -= 1
-                    nodes += row["nodes"]
-                    failed += row.get("status") == FAILED
-                    on_result(row, tree)
-                    if failed > max_failures:
-                        raise JobFailed(
-                            f"{failed} problems failed (more than {max_failures}); last: {row.get('error')}"
-                        )
-                for pid, chunk in reply["journals"].items():
-                    if pid in held[i]:
-                        held[i][pid].journal.append(chunk)
-                for pid, in_flight in (reply["in_flight"] or {}).items():
-                    if pid in held[i]:
-                        held[i][pid].in_flight = in_flight
-                self.worker_stats[i] = {"nodes": reply["nodes"], "cpu_seconds": reply["cpu_seconds"]}
-                if reply["dispatch"] is not None:
-                    self.dispatch[i] = reply["dispatch"]
-                want = reply["want"]
+    async def _drive(
+        self, i: int, problems: Sequence[Problem], on_row: OnRow, failures: FailureLimit, gone: set[int]
+    ) -> None:
+        """Keeps worker ``i`` busy until every problem is done (or it is gone for good)."""
+        lease_size, losses = self.job.cfg.run.lease, 0
+        want = self.job.cfg.run.concurrency + lease_size
+        while self._remaining > 0:
+            leases = self._hand_out(i, min(want, lease_size))
+            try:
+                reply = await self.workers[i].step.remote(leases, self.wait_s)
+            except RayTaskError as e:  # the worker's engine hit a job-level error
+                raise e.as_instanceof_cause() from None
+            except RayActorError as e:  # the worker died: its problems go back, journals kept
+                await self._take_back(i)
+                if e.actor_init_failed:
+                    raise RuntimeError(f"search worker {i} failed to start: {e}") from e
+                losses += 1
+                if 0 <= self.max_restarts < losses:  # Ray will not bring it back (-1: always does)
+                    gone.add(i)
+                    if len(gone) == len(self.workers):
+                        raise RuntimeError(
+                            f"every search worker died ({self.max_restarts} restarts each): {e}"
+                        ) from e
+                    return
+                await asyncio.sleep(0.5)  # Ray restarts it; the next call waits for that
+                want = self.job.cfg.run.concurrency + lease_size
+                continue
+            losses = 0
+            for row, tree in reply["results"]:
+                await self._finished(i, row, tree, problems, on_row, failures)
+            self._telemetry(i, reply)
+            want = reply["want"]
 
-        tasks = [asyncio.ensure_future(drive(i, w)) for i, w in enumerate(self.workers)]
-        try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            for t in done:
-                if t.exception() is not None:
-                    raise t.exception()
-        finally:
-            for t in tasks:
-                t.cancel()
+    def _hand_out(self, i: int, n: int) -> list[Lease]:
+        """Up to ``n`` leases from the queue for worker ``i`` (never two shares of one tree)."""
+        leases: list[Lease] = []
+        for _ in range(len(self._queue)):
+            if len(leases) >= n:
+                break
+            lease = self._queue.popleft()
+            if lease.problem.id in self.held[i]:  # a second share of a tree it already searches
+                self._queue.append(lease)
+                continue
+            self.held[i][lease.problem.id] = lease
+            if lease.shared is not None:
+                shares, ledger = self._shares[lease.problem.id]
+                self._shares[lease.problem.id] = (shares + 1, ledger)
+            leases.append(lease)
+        return leases
+
+    async def _finished(
+        self, i: int, row: dict[str, Any], tree: bytes | None, problems: Sequence[Problem], on_row: OnRow,
+        failures: FailureLimit,
+    ) -> None:  # fmt: skip
+        """A problem (or a share of a shared tree) worker ``i`` finished."""
+        lease = self.held[i].pop(row["id"], None)
+        if lease is None:
+            return  # not this worker's (cannot happen; never written twice)
+        if lease.shared is not None:  # one share done (a failed share ends its part; the tree goes on)
+            shares, ledger = self._shares[row["id"]]
+            ledger.add(Ledger.from_dict(row["ledger"]))
+            self._shares[row["id"]] = (shares - 1, ledger)
+            if shares - 1 or any(q.problem.id == row["id"] for q in self._queue):
+                return
+            row, tree = await self._finish_shared(lease.shared, row["id"], ledger, problems)
+        self._remaining -= 1
+        self._nodes += row["nodes"]
+        on_row(row, tree)
+        failures.count(row.get("status", "ok"), row.get("error"))
+
+    def _telemetry(self, i: int, reply: dict[str, Any]) -> None:
+        held = self.held[i]
+        for pid, chunk in reply["journals"].items():
+            if pid in held:
+                held[pid].journal.append(chunk)
+        for pid, in_flight in (reply["in_flight"] or {}).items():
+            if pid in held:
+                held[pid].in_flight = in_flight
+        self.worker_stats[i] = {"nodes": reply["nodes"], "cpu_seconds": reply["cpu_seconds"]}
+        if reply["dispatch"] is not None:
+            self.dispatch[i] = reply["dispatch"]
+
+    async def _take_back(self, i: int) -> None:
+        """A dead worker's leases back to the front of the queue (journals kept)."""
+        held = self.held[i]
+        for pid, lease in held.items():
+            if lease.shared is not None:  # its selections in flight will never be committed
+                shares, ledger = self._shares[pid]
+                self._shares[pid] = (shares - 1, ledger)
+                await lease.shared.abandon.remote(pid, f"w{i}")
+        for lease in reversed(list(held.values())):
+            self.lost_attempts += 1
+            self.replayed += bool(lease.journal)
+            if lease.in_flight:
+                self.lost.add(Ledger.from_dict(lease.in_flight))
+            lease.in_flight = {}
+            self._queue.appendleft(lease)
+        held.clear()
+
+    def _counters(self, cpu0: float, wall0: float) -> dict[str, Any]:
         # a worker reports its CPU since it started: this run's is the difference (a restarted
         # worker starts again from 0, so it counts from its restart: a lower bound after deaths)
         now_cpu = [s.get("cpu_seconds", 0.0) for s in self.worker_stats]
         worker_cpu = [c - b if c >= b else c for c, b in zip(now_cpu, self._cpu_base, strict=True)]
         self._cpu_base = now_cpu
-        driver_cpu = time.thread_time() - cpu0
+        driver_cpu, nodes = time.thread_time() - cpu0, self._nodes
         return {
             "search_workers": len(self.workers),
             "nodes": nodes,
@@ -213,45 +224,25 @@ class WorkerFleet:
         }
 
     async def _open_shared(self, problems: Sequence[Problem]) -> Any:
-        """A tree store holding every problem's tree, when the job has fewer problems than
-        workers and its algorithm has a tree-parallel search (``run.tree_parallel``); else None."""
+        """An actor holding every problem's tree, when the job has fewer problems than workers
+        and its algorithm has a tree-parallel search (``run.tree_parallel``); else None."""
         job = self.job
         if not (job.cfg.run.tree_parallel and job.algorithm.shared and len(problems) < len(self.workers)):
             return None
-        store = TreeStoreActor.remote()
-        await asyncio.gather(
-            *(
-                store.open.remote(
-                    p.id,
-                    p.prompt,
-                    job.tokenizer.encode(p.prompt),
-                    job.task.max_depth,
-                    job.algorithm_config,
-                    limited=bool(job.cfg.budget.limits()),
-                )
-                for p in problems
-            )
-        )
-        self.stores.append(store)
-        return store
+        shared = SharedTreeActor.remote()
+        await asyncio.gather(*(
+            shared.open.remote(p.id, p.prompt, job.tokenizer.encode(p.prompt), job.task.max_depth,
+                               job.algorithm_config, limited=bool(job.cfg.budget.limits()))
+            for p in problems
+        ))  # fmt: skip
+        self.shared_trees.append(shared)
+        return shared
 
     async def _finish_shared(
-        self, store: Any, problem_id: str, ledger: Ledger, problems: Sequence[Problem]
+        self, shared: Any, problem_id: str, ledger: Ledger, problems: Sequence[Problem]
     ) -> tuple[dict[str, Any], bytes]:
         """A shared tree whose last share is in: its answer, judged here, and the tree."""
-        tree_bytes, node, stats = await store.finish.remote(problem_id)
+        tree_bytes, node, stats = await shared.finish.remote(problem_id)
         problem = next(p for p in problems if p.id == problem_id)
         result = evaluate(problem, self.job.task, Tree.from_msgpack(tree_bytes), node, ledger)
         return {**result.to_json(), "shared_tree": stats}, tree_bytes
-
-    def _requeue(self, held: dict[str, Held], queue: deque[Held]) -> None:
-        """A dead worker's problems back to the front of the queue (journals kept)."""
-        for h in reversed(list(held.values())):
-            self.lost_attempts += 1
-            if h.journal:
-                self.replayed += 1
-            if h.in_flight:
-                self.lost.add(Ledger.from_dict(h.in_flight))
-            h.in_flight = {}
-            queue.appendleft(h)
-        held.clear()

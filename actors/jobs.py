@@ -26,7 +26,9 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 
 import actors
 import treesearch
-from treesearch.config import ConfigError, load_config
+from treesearch.config import load_config
+from treesearch.errors import ConfigError
+from treesearch.job import typed_sections
 from treesearch.progress import describe_status
 from treesearch.runner import results_text
 from treesearch.storage import is_uri, read_text
@@ -61,6 +63,7 @@ def submit(
 ) -> str:
     """Submits a run of ``config``; returns the job id."""
     cfg = load_config(config, overrides)
+    typed_sections(cfg)  # every field in range here; models and data are checked on the cluster
     if not is_uri(out) and not Path(out).is_absolute():
         raise ConfigError(f"--out {out}: give an absolute path (on the cluster) or a URI")
     stage = Path(tempfile.mkdtemp(prefix="treesearch-job-"))

@@ -24,8 +24,8 @@ from typing import Any
 
 import ray
 
-from treesearch.backends import WorkerEnv, of
-from treesearch.config import GeneratorConfig
+from treesearch.backends import WorkerEnv, backend_of
+from treesearch.sections import GeneratorConfig
 
 GENERATOR_METRICS = {
     "treesearch_generator_requests": "generator requests answered",
@@ -58,7 +58,7 @@ class ReplicaActor:
     def __init__(self, cfg: Any, env: WorkerEnv):
         from ray.util.metrics import Counter, Gauge
 
-        self.worker = of(cfg).worker(cfg, env)
+        self.worker = backend_of(cfg).worker(cfg, env)
         self.is_generator = isinstance(cfg, GeneratorConfig)
         pool = "generator" if self.is_generator else "prm"
         self.replica, self.tags = env.replica, {"pool": pool, "replica": str(env.replica)}
@@ -102,6 +102,11 @@ class ReplicaActor:
             treesearch_prm_tokens=sum(sum(r.tokens) for r in results if not r.refused),
         )
         return encode_batch((results, self.depth))
+
+    async def reset_prefix_cache(self) -> bool:
+        """Empties the worker's prefix cache, if it keeps one (vLLM); False if it keeps none."""
+        reset = getattr(self.worker, "reset_prefix_cache", None)
+        return bool(await reset()) if reset is not None else False
 
     async def load(self) -> dict[str, Any]:
         """``queue``: requests here now; ``busy_seconds``: seconds with a request here since it

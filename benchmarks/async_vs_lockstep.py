@@ -14,15 +14,20 @@ trees; only the timing differs). Target: async >= 1.3x.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import random
 import time
 
 import ray
 
-from actors.driver import Replicas, transports
-from benchmarks.harness import SimReplica, sim_cluster_actor, table, zero_cost_job
-from treesearch.job import engine_scorer
+from actors.replicas import Replicas
+from benchmarks.harness import (
+    SimReplica,
+    replica_transports,
+    run_engine,
+    sim_cluster_actor,
+    table,
+    zero_cost_job,
+)
 
 
 def main() -> None:
@@ -86,10 +91,9 @@ def measure(algo: str, n: int, replicas: Replicas, mode: str) -> dict:
     """One run of ``n`` problems with ``algo`` on ``replicas``: nodes, wall (s), nodes/s."""
     # small calls so a depth spreads over the replicas, as a real batch would
     job = zero_cost_job(algo, n, "generator.resources.max_batch=8")
-    gen, scorer = transports(job, replicas)
-    scorer = engine_scorer(job, gen, scorer)
+    gen, scorer = replica_transports(job, replicas)
     t0 = time.perf_counter()
-    _, ledger, _ = asyncio.run(job.run(job.problems, gen, scorer, concurrency=n, lockstep=mode == "lockstep"))
+    _, ledger, _ = run_engine(job, gen, scorer, concurrency=n, lockstep=mode == "lockstep")
     wall = time.perf_counter() - t0
     return {
         "algorithm": algo,

@@ -21,7 +21,7 @@ problem of both runs, and the wall-time overhead; the exit status is 1 if a guar
   .venv/bin/python -m benchmarks.chaos                  # real vLLM: 200 problems, >= 20 faults
   .venv/bin/python -m benchmarks.chaos --smoke          # deterministic backends (the suite)
 
-Replicas are found by their actor names (``treesearch/<pool>/<i>/...``, see actors/driver.py)
+Replicas are found by their actor names (``treesearch/<pool>/<i>/...``, see actors/replicas.py)
 from a second Ray driver in this process, which asks each for its pid; faults are signals to
 that pid (same machine), i.e. real process deaths, not ``ray.kill``.
 """
@@ -46,7 +46,7 @@ from typing import Any
 
 import ray
 
-from actors.driver import REPLICA_PREFIX
+from actors.replicas import REPLICA_PREFIX
 from treesearch.budget import comparable_rows
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -30,9 +30,10 @@ import time
 
 import ray
 
-from actors.driver import Replicas
 from actors.fleet import WorkerFleet
+from actors.replicas import Replicas
 from benchmarks.harness import SimReplica, sim_cluster_actor, table, zero_cost_job
+from treesearch.results import FailureLimit
 from treesearch.tasks.base import Problem
 
 REAL_RATE = 250.0  # nodes/s of one real generator replica (1.5B policy, ~80-token steps)
@@ -86,7 +87,7 @@ def run_size(n: int, scale: float, per_replica: int, concurrency: int, workers: 
 
     t0 = time.perf_counter()
     try:
-        stats = asyncio.run(fleet.run(job.problems, on_result, max_failures=10**9))
+        stats = asyncio.run(fleet.run(job.problems, on_result, FailureLimit(10**9)))
     finally:
         wall = time.perf_counter() - t0
         stop.set()
@@ -122,6 +123,8 @@ def main() -> None:
     args = ap.parse_args()
     sizes = [1, 4] if args.smoke else [int(x) for x in args.replicas.split(",")]
     per = 4 if args.smoke else args.per_replica
+    if args.smoke:  # faster rates: the smoke checks the script, and finishes in seconds
+        args.time_scale = 5.0
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     rows, cpu = [], []
     for n in sizes:

@@ -12,17 +12,16 @@ problems. Target: batched >= 10x naive.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import pickle
 import time
 
 import ray
 
-from actors.driver import start_backends, transports
-from actors.pools import GeneratorPool, ScorerPool
+from actors.clients import GeneratorClient, ScorerClient
+from actors.plane import ray_plane
 from actors.replica import encode_batch
-from benchmarks.harness import table, zero_cost_job
-from treesearch.job import engine_scorer
+from benchmarks.harness import run_engine, table, zero_cost_job
+from treesearch.job import transports
 
 
 async def one_by_one(method, requests: list) -> list:
@@ -35,11 +34,11 @@ async def one_by_one(method, requests: list) -> list:
 
 
 class NaiveGenerator:
-    def __init__(self, pool: GeneratorPool):
+    def __init__(self, client: GeneratorClient):
         self.handle, self.num_parameters, self.tokenize = (
-            pool.pool.handles[0],
-            pool.num_parameters,
-            pool.tokenize,
+            client.router.handles[0],
+            client.num_parameters,
+            client.tokenize,
         )
 
     async def generate(self, requests):
@@ -47,11 +46,11 @@ class NaiveGenerator:
 
 
 class NaiveScorer:
-    def __init__(self, pool: ScorerPool):
+    def __init__(self, client: ScorerClient):
         self.handle, self.num_parameters, self.counter = (
-            pool.pool.handles[0],
-            pool.num_parameters,
-            pool.counter,
+            client.router.handles[0],
+            client.num_parameters,
+            client.counter,
         )
 
     async def score(self, requests):
@@ -59,9 +58,9 @@ class NaiveScorer:
 
 
 def run(job, generator, scorer) -> dict[str, float]:
-    scorer = engine_scorer(job, generator, scorer)
+    generator, scorer = transports(job, generator, scorer)
     t0 = time.perf_counter()
-    _, ledger, _ = asyncio.run(job.run(job.problems, generator, scorer, concurrency=len(job.problems)))
+    _, ledger, _ = run_engine(job, generator, scorer, concurrency=len(job.problems))
     wall = time.perf_counter() - t0
     return {
         "nodes": ledger.nodes,
@@ -78,21 +77,20 @@ def main() -> None:
     args = ap.parse_args()
     n = 20 if args.smoke else args.problems
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    backends = start_backends(zero_cost_job("beam", n))
+    plane = ray_plane(zero_cost_job("beam", n))
     rows, ratios = [], []
-    for algo in ("beam", "mcts"):
-        job = zero_cost_job(algo, n)
-        run(job, *transports(job, backends.replicas))  # warm-up: the replicas' memos
-        batched = run(job, *transports(job, backends.replicas))
-        gen, scorer = transports(job, backends.replicas)
-        naive = run(job, NaiveGenerator(gen), NaiveScorer(scorer))
-        assert batched["nodes"] == naive["nodes"]  # the same searches
-        rows += [
-            {"algorithm": algo, "engine": "batched", **batched},
-            {"algorithm": algo, "engine": "naive", **naive},
-        ]
-        ratios.append(batched["nodes_per_s"] / naive["nodes_per_s"])
-    backends.shutdown()
+    with plane as p:
+        for algo in ("beam", "mcts"):
+            job = zero_cost_job(algo, n)
+            run(job, p.generator, p.scorer)  # warm-up: the replicas' memos
+            batched = run(job, p.generator, p.scorer)
+            naive = run(job, NaiveGenerator(p.generator), NaiveScorer(p.scorer))
+            assert batched["nodes"] == naive["nodes"]  # the same searches
+            rows += [
+                {"algorithm": algo, "engine": "batched", **batched},
+                {"algorithm": algo, "engine": "naive", **naive},
+            ]
+            ratios.append(batched["nodes_per_s"] / naive["nodes_per_s"])
     ray.shutdown()
     print(
         table(

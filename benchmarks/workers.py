@@ -19,6 +19,7 @@ import ray
 
 from actors.fleet import WorkerFleet
 from benchmarks.harness import median_of, table, zero_cost_job
+from treesearch.results import FailureLimit
 from treesearch.tasks.base import Problem
 
 
@@ -31,7 +32,7 @@ def problems_of(job, n: int) -> list[Problem]:
 
 def timed(fleet: WorkerFleet, problems: list[Problem]) -> dict[str, float]:
     t0 = time.perf_counter()
-    stats = asyncio.run(fleet.run(problems, lambda row, tree: None, max_failures=0))
+    stats = asyncio.run(fleet.run(problems, lambda row, tree: None, FailureLimit(0)))
     wall = time.perf_counter() - t0
     return {
         "nodes": stats["nodes"],

@@ -1,3 +1,12 @@
+"""Shared fixtures, and the test tiers.
+
+A test's tier comes from the fixtures it uses (no marker to forget): one that starts Ray
+(``ray_cluster``, ``uses_ray`` for a subprocess that does, and the fixtures built on them) is
+marked ``ray``; vLLM engines ``vllm``; Chromium ``browser``; a long run with none of these
+(an install, a fuzz, a subprocess run) ``slow``. ``make test-fast`` runs what has none of the
+four; ``make test`` runs everything.
+"""
+
 import json
 import string
 from pathlib import Path
@@ -8,6 +17,53 @@ from treesearch.training.tiny import build_char_tokenizer, build_tiny_llama
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 TOT_CSV = SHARED / "data" / "game24" / "24.csv"
+
+# fixture -> the markers a test that uses it gets (directly or through another fixture)
+TIERS = {
+    "ray_cluster": ("ray",),
+    "uses_ray": ("ray",),
+    "uses_vllm": ("vllm", "ray"),
+    "uses_browser": ("browser",),
+    "takes_long": ("slow",),
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for name in dict.fromkeys(m for f in item.fixturenames for m in TIERS.get(f, ())):
+            item.add_marker(name)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One local Ray per test module (2 CPUs, no dashboard), shut down after it."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def uses_ray():
+    """The test starts Ray another way (a subprocess, a head of its own, 8 fake GPUs)."""
+
+
+@pytest.fixture(scope="module")
+def uses_vllm():
+    """The test starts vLLM engines (and Ray under them)."""
+
+
+@pytest.fixture(scope="module")
+def uses_browser():
+    """The test drives Chromium."""
+
+
+@pytest.fixture(scope="module")
+def takes_long():
+    """Seconds of work with no Ray, vLLM or browser: an install, a fuzz, a subprocess run."""
 
 
 @pytest.fixture

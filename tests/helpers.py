@@ -10,11 +10,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from treesearch.algorithms import ALGORITHMS
-from treesearch.backends import WorkerEnv, of
+from treesearch.backends import WorkerEnv, backend_of, parse_section
 from treesearch.backends.deterministic import NoisyOracleGenerator, RulePRM
 from treesearch.budget import Budget
-from treesearch.config import JobConfig, build
-from treesearch.engine import run_problems
+from treesearch.engine import EngineOptions, make_spec, run_problems
+from treesearch.job import resolve
+from treesearch.plane import LocalPlane
+from treesearch.results import FailureLimit
+from treesearch.schema import build
+from treesearch.sections import GeneratorConfig, PRMConfig
 from treesearch.tasks.game24 import Game24
 
 ALGO_PARAMS = {
@@ -26,6 +30,17 @@ ALGO_PARAMS = {
     "mcts": {"simulations": 24, "parallel": 3, "expansions": 3},
     "adaptive": {},
 }
+
+
+async def run_search(
+    problems, task, search, generator, scorer, budget, max_step_tokens, *, concurrency=64, on_result=None,
+    max_failures=None, lockstep=False, shared_search=None,
+):  # fmt: skip
+    """:func:`treesearch.engine.run_problems` with a spec made of these parts."""
+    spec = make_spec(task, search, generator, budget, max_step_tokens, shared_search)
+    options = EngineOptions(concurrency=concurrency, lockstep=lockstep)
+    failures = FailureLimit(max_failures) if max_failures is not None else None
+    return await run_problems(problems, spec, generator, scorer, options, on_result, failures)
 
 
 def run_inprocess(
@@ -51,7 +66,7 @@ def run_inprocess(
         return await algo.run(ctx, cfg)
 
     results, job, counters = asyncio.run(
-        run_problems(
+        run_search(
             problems if problems is not None else task.problems()[:n_problems],
             task,
             search,
@@ -67,11 +82,18 @@ def run_inprocess(
     return results, job, counters, trees
 
 
+def run_local(cfg, out: Path, **kwargs):
+    """``treesearch run --in-process`` of a loaded config into ``out`` (its summary), quiet."""
+    from treesearch.runner import run_job
+
+    kwargs.setdefault("progress", False)
+    return run_job(resolve(cfg), out, LocalPlane(), **kwargs)
+
+
 def backend_worker(section: str, replica: int = -1, **fields):
     """The worker a ``generator:`` / ``prm:`` section with ``fields`` selects, built here."""
-    cfg = build(JobConfig, {section: fields}, "")
-    part = cfg.generator if section == "generator" else cfg.prm
-    return of(part).worker(part, WorkerEnv(replica=replica))
+    part = parse_section(GeneratorConfig if section == "generator" else PRMConfig, fields, section)
+    return backend_of(part).worker(part, WorkerEnv(replica=replica))
 
 
 def slow_run(config: str, out: Path, limit: int, latency_s: float) -> subprocess.Popen:

@@ -4,14 +4,16 @@ which draws its first steps that way."""
 import asyncio
 import itertools
 
+import pytest
+
 from treesearch.backends.deterministic import ByteTokenizer, RulePRM
 from treesearch.budget import Budget
-from treesearch.engine import run_problems
+from treesearch.errors import ConfigError
 from treesearch.protocol import ExpandResult, GeneratedStep, decode_ids, encode_ids
 from treesearch.tasks.game24 import Game24
 from treesearch.tree import ROOT
 
-from .helpers import run_inprocess
+from .helpers import run_inprocess, run_search
 
 EIGHT, SIX, FOUR = "4 + 8 = 12 (left: 6 12 13)", "13 - 6 = 7 (left: 4 7 8)", "6 * 4 = 24 (left: 8 13 24)"
 
@@ -55,7 +57,7 @@ def search_with(gen, search, budget: Budget):
     task = Game24("dev")
     trees = {}
     results, _, _ = asyncio.run(
-        run_problems(
+        run_search(
             [Game24.problem((4, 6, 8, 13))], task, search, gen, RulePRM(task), budget,
             max_step_tokens=40, on_result=lambda r, t: trees.__setitem__(r.id, t),
         )
@@ -135,7 +137,7 @@ def test_adaptive_draws_distinct_first_steps_where_the_task_names_a_head():
 
 
 def test_adaptive_rejects_a_negative_head():
-    (result,), _, _, _ = run_inprocess(
-        "adaptive", {"head_tokens": -1}, Budget(generated_tokens=300), n_problems=1
-    )
-    assert result.status == "failed" and "head_tokens must be >= 0, got -1" in result.error
+    with pytest.raises(
+        ConfigError, match=r"algorithm.head_tokens: -1 is not an integer in \[0, 1000000\] or 'auto'"
+    ):
+        run_inprocess("adaptive", {"head_tokens": -1}, Budget(generated_tokens=300), n_problems=1)

@@ -7,10 +7,9 @@ import pytest
 
 from treesearch.budget import Budget
 from treesearch.config import load_config
-from treesearch.runner import run_job
 from treesearch.tree import OPEN, PRUNED, TERMINAL, trees_equal
 
-from .helpers import ALGO_PARAMS, run_inprocess
+from .helpers import ALGO_PARAMS, run_inprocess, run_local
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -25,8 +24,8 @@ def headline(tmp_path_factory):
         cfg = load_config(
             CONFIGS / f"game24-{algo}.yaml", ["task.integer_only=true", "budget.early_stop=never"]
         )
-        assert cfg.generator.error_rate == 0.7 and cfg.budget.generated_tokens == 2000
-        out[algo] = run_job(cfg, tmp_path_factory.mktemp(algo), progress=False)
+        assert cfg.generator["error_rate"] == 0.7 and cfg.budget.generated_tokens == 2000
+        out[algo] = run_local(cfg, tmp_path_factory.mktemp(algo))
     return out
 
 
@@ -73,10 +72,13 @@ def test_best_of_n_votes_and_wave_limit():
 
 def test_beam_prunes_to_width():
     _, _, _, trees = run_inprocess("beam", {"width": 2, "expansions": 3}, error_rate=0.6)
+    assert len(trees) == 6
     for t in trees.values():
         for depth in (1, 2):  # open chains beyond the width are pruned (terminal ones stay terminal)
-            kept = [n for n in range(len(t)) if t.depth[n] == depth and t.status[n] == OPEN]
-            assert len(kept) <= 2
+            at_depth = [n for n in range(len(t)) if t.depth[n] == depth]
+            kept = [n for n in at_depth if t.status[n] == OPEN]
+            dropped = [n for n in at_depth if t.status[n] in (PRUNED, TERMINAL)]
+            assert len(kept) <= 2 and len(at_depth) == 6 and len(dropped) >= 4  # 2 chains x 3 samples
 
 
 def test_beam_root_expansions_seed_the_beam():

@@ -8,15 +8,19 @@ import dataclasses
 import inspect
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import pytest
 
 from treesearch.backends import GENERATORS, PRMS, Backend, WorkerEnv, register
 from treesearch.backends.deterministic import ByteCounter, game24_only
-from treesearch.config import ConfigError, GeneratorConfig, PRMConfig, load_config
+from treesearch.config import load_config
+from treesearch.errors import ConfigError
+from treesearch.job import typed_sections
 from treesearch.protocol import ScoreRequest, ScoreResult
-from treesearch.runner import run_job
+from treesearch.schema import Float, section
+from treesearch.sections import GeneratorConfig, PRMConfig
+
+from .helpers import run_local
 
 # handled for every backend by the engine and the actors, not by a backend's own code
 COMMON = {f.name for f in dataclasses.fields(GeneratorConfig)} | {
@@ -47,7 +51,7 @@ def test_every_config_field_is_read_by_its_backend(backend: Backend):
 
 
 def test_the_field_check_fails_for_a_field_that_reaches_nothing():
-    @dataclass
+    @section
     class Leaky(PRMConfig):
         threshold_that_goes_nowhere: float = 0.5
 
@@ -60,14 +64,14 @@ def test_deterministic_backends_get_their_config_values():
     cfg = load_config(
         None, ["generator={backend: noisy_oracle, error_rate: 0.2, num_parameters: 7.0, latency_s: 0.01}"]
     )
-    worker = GENERATORS["noisy_oracle"].worker(cfg.generator, WorkerEnv(replica=3, seed=5))
+    worker = GENERATORS["noisy_oracle"].worker(typed_sections(cfg).generator, WorkerEnv(replica=3, seed=5))
     assert (worker.error_rate, worker.num_parameters, worker.latency_s, worker.replica, worker.seed) == (
         0.2, 7.0, 0.01, 3, 5
     )  # fmt: skip
     cfg = load_config(
         None, ["prm={backend: rule, reachability: false, num_parameters: 3.0, latency_s: 0.02}"]
     )
-    prm = PRMS["rule"].worker(cfg.prm, WorkerEnv())
+    prm = PRMS["rule"].worker(typed_sections(cfg).prm, WorkerEnv())
     assert (prm.reachability, prm.num_parameters, prm.latency_s) == (False, 3.0, 0.02)
 
 
@@ -85,9 +89,9 @@ class ConstantPRM:
         ]
 
 
-@dataclass
+@section
 class ConstantConfig(PRMConfig):
-    value: float = 0.5  # the score of every step
+    value: Float(ge=0, le=1) = 0.5  # the score of every step
 
 
 if "constant" not in PRMS:
@@ -105,7 +109,7 @@ if "constant" not in PRMS:
 
 def test_a_new_backend_is_one_file_and_its_registration(tmp_path):
     cfg = load_config(None, ["prm={backend: constant, value: 0.25}", "run.limit=3", "run.in_process=true"])
-    summary = run_job(cfg, tmp_path, progress=False)
+    summary = run_local(cfg, tmp_path)
     assert summary["verifier"] == "constant" and summary["n_problems"] == 3
     from treesearch.tree import Tree
 
@@ -114,4 +118,6 @@ def test_a_new_backend_is_one_file_and_its_registration(tmp_path):
         scored = [s for s in tree.prm_score[1:] if s == s]
         assert scored and set(scored) == {0.25}
     with pytest.raises(ConfigError, match=r"prm\.valeu: unknown field of backend constant"):
-        load_config(None, ["prm={backend: constant, valeu: 0.25}"])
+        typed_sections(load_config(None, ["prm={backend: constant, valeu: 0.25}"]))
+    with pytest.raises(ConfigError, match=r"prm\.value: 1.5 is not a finite number in \[0, 1\]"):
+        typed_sections(load_config(None, ["prm={backend: constant, value: 1.5}"]))

@@ -11,23 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "tree_store",
-        "hot_path",
-        "dispatch_overhead",
-        "async_vs_lockstep",
-        "cluster_sim",
-        "workers",
-        "long_job",
-        "viewer_render",
-        "prefix_reuse",
-        "train_step",
-        "first_step_heads",
-    ],
-)
-def test_benchmark_smoke(name):
+def _smoke(name: str) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", f"benchmarks.{name}", "--smoke"],
         cwd=ROOT,
@@ -40,7 +24,28 @@ def test_benchmark_smoke(name):
     assert len(lines) >= 3 and lines[-1].startswith("ratio:"), proc.stdout
 
 
-def test_gpu_check_dry_run_plans_the_main_job_on_one_gpu():
+@pytest.mark.parametrize("name", ["tree_store", "train_step", "first_step_heads"])
+def test_benchmark_smoke(name, takes_long):
+    _smoke(name)
+
+
+ON_RAY = ["hot_path", "dispatch_overhead", "async_vs_lockstep", "cluster_sim", "workers", "long_job"]
+
+
+@pytest.mark.parametrize("name", ON_RAY)
+def test_benchmark_smoke_on_ray(name, uses_ray):
+    _smoke(name)
+
+
+def test_benchmark_smoke_with_vllm(uses_vllm):
+    _smoke("prefix_reuse")
+
+
+def test_benchmark_smoke_in_chromium(uses_browser):
+    _smoke("viewer_render")
+
+
+def test_gpu_check_dry_run_plans_the_main_job_on_one_gpu(takes_long):
     """The GPU check needs a CUDA machine; without one its dry run resolves the config and the
     placement plan (both pools at half of GPU 0)."""
     proc = subprocess.run(
@@ -56,7 +61,7 @@ def test_gpu_check_dry_run_plans_the_main_job_on_one_gpu():
     assert out[-1].startswith("ratio: dry run: 2 replicas planned on 1 GPU")
 
 
-def test_chaos_smoke_loses_nothing_under_kills_a_hang_and_a_driver_kill(tmp_path):
+def test_chaos_smoke_loses_nothing_under_kills_a_hang_and_a_driver_kill(tmp_path, uses_ray):
     """The chaos benchmark on deterministic backends: replica SIGKILLs, one SIGSTOP hang cleared
     by the request deadline, one driver SIGKILL + resume; each problem answered exactly once and
     the results and ledgers identical to the undisturbed run (the benchmark checks them: exit 0)."""

@@ -6,9 +6,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from treesearch.algorithms import parse_algorithm
 from treesearch.cli import main
-from treesearch.config import JobConfig, build, load_config
+from treesearch.config import JobConfig, load_config
+from treesearch.schema import build
 from treesearch.tree import Tree
+
+from .helpers import run_local
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -34,7 +38,7 @@ def test_run_writes_the_output_contract(tmp_path, capsys):
     assert "accuracy" in printed and "beam" in printed and str(out) in printed
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["algorithm"]["width"] == 3 and cfg["run"]["limit"] == 5
-    assert build(JobConfig, cfg, "").algorithm_config().width == 3  # resolved config reloads
+    assert parse_algorithm(build(JobConfig, cfg, "").algorithm)[1].width == 3  # resolved config reloads
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 5
     for row in rows:
@@ -66,12 +70,15 @@ def test_run_writes_the_output_contract(tmp_path, capsys):
     ("args", "message"),
     [
         (["--set", "algorithm.widht=4"], "algorithm.widht: unknown field"),
-        (["--set", "algorithm.width=four"], "algorithm.width: expected an integer"),
+        (
+            ["--set", "algorithm.width=four"],
+            "algorithm.width: 'four' is not an integer in [1, 1000000] or 'auto'",
+        ),
         (["--set", "algorithm.name=astar"], "algorithm.name: 'astar' is not one of"),
         (["--set", "budget.tokens=5"], "budget.tokens: unknown field"),
-        (["--set", "budget.nodes=-3"], "budget.nodes must be >= 0"),
-        (["--set", "generator.error_rate=1.5"], "error_rate must be in [0, 1]"),
-        (["--set", "task.split=validation"], "unknown game24 split"),
+        (["--set", "budget.nodes=-3"], "budget.nodes: -3 is not an integer in [1, 1000000000000] or null"),
+        (["--set", "generator.error_rate=1.5"], "generator.error_rate: 1.5 is not a finite number in [0, 1]"),
+        (["--set", "task.split=validation"], "task.split: 'validation' is not one of 'train', 'dev'"),
         (["--set", "generator.backend=vllm"], "generator.error_rate: unknown field of backend vllm"),
         (["--set", "generator={backend: hf}"], "generator.backend: 'hf' is not an in-process backend"),
         # a prefix: test_placement registers one more backend for its own tests
@@ -116,8 +123,6 @@ def test_missing_and_malformed_config_files(tmp_path, capsys):
 
 
 def test_every_shipped_config_loads_and_runs(tmp_path):
-    from treesearch.runner import run_job
-
     configs = sorted(CONFIGS.glob("game24-*.yaml"))
     assert {c.stem.removeprefix("game24-") for c in configs} >= {
         "best_of_n",
@@ -129,11 +134,11 @@ def test_every_shipped_config_loads_and_runs(tmp_path):
     }
     for c in configs:
         cfg = load_config(c, ["run.limit=3"])
-        summary = run_job(cfg, tmp_path / c.stem, progress=False)
+        summary = run_local(cfg, tmp_path / c.stem)
         assert summary["n_problems"] == 3 and summary["accuracy"] <= summary["coverage"]
 
 
-def test_default_run_uses_a_local_ray(tmp_path):
+def test_default_run_uses_a_local_ray(tmp_path, uses_ray):
     """Without --in-process, ``treesearch run`` starts a local Ray and runs on actor pools."""
     import subprocess
     import sys
@@ -183,7 +188,7 @@ def test_default_run_uses_a_local_ray(tmp_path):
     ]
 
 
-def test_sigkill_mid_run_then_resume_answers_each_problem_once(tmp_path):
+def test_sigkill_mid_run_then_resume_answers_each_problem_once(tmp_path, takes_long):
     """Kill the driver (SIGKILL) mid-run, resume: every problem answered exactly once, finished
     ones not recomputed, and the totals equal those of an uninterrupted run."""
     import signal

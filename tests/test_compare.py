@@ -10,7 +10,8 @@ import yaml
 
 from treesearch import compare
 from treesearch.cli import main
-from treesearch.config import ConfigError, load_config
+from treesearch.config import load_config
+from treesearch.errors import ConfigError
 
 from .test_cli import CONFIGS
 
@@ -130,13 +131,13 @@ def test_a_pool_serves_jobs_on_successive_event_loops():
     """compare runs one job per cell, each in its own asyncio.run, on the same replica pool."""
     import asyncio
 
-    from actors.dispatch import ReplicaPool
+    from actors.dispatch import Router
 
     async def invoke(handle, batch):
         await asyncio.sleep(0.001)
         return [(handle, x) for x in batch], 0  # (results, queue depth)
 
-    pool = ReplicaPool(["a", "b"], invoke, key=str, max_batch=1, max_calls_in_flight=1)
+    pool = Router(["a", "b"], invoke, key=str, max_batch=1, max_calls_in_flight=1)
     for _ in range(3):  # contention on the per-replica slots binds them to the running loop
         out = asyncio.run(pool.submit(list(range(20))))
         assert [x for _, x in out] == list(range(20))

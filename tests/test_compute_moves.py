@@ -8,7 +8,7 @@ import pytest
 
 from treesearch.algorithms import ALGORITHMS
 from treesearch.budget import Budget
-from treesearch.pool import JobPool
+from treesearch.job_budget import JobBudget
 from treesearch.stopping import StopRule
 from treesearch.tasks.game24 import Game24
 from treesearch.tree import ROOT, TERMINAL, Step, Tree
@@ -79,13 +79,13 @@ def test_threshold_stop_needs_the_score_or_the_votes():
     task = Game24("dev")
     rule = StopRule(Budget(early_stop="threshold", stop_score=0.9, stop_votes=3), task)
     low = _tree_with_finished([(0.5, "a"), (0.6, "b"), (0.7, "a")])
-    assert rule.settled(low, low.terminals()) is None
+    assert rule.threshold_answer(low, low.terminals()) is None
     high = _tree_with_finished([(0.5, "a"), (0.95, "b")])
-    assert rule.settled(high, high.terminals()) == 2
+    assert rule.threshold_answer(high, high.terminals()) == 2
     votes = _tree_with_finished([(0.5, "a"), (0.6, "b"), (0.7, "a"), (0.2, "a")])
-    assert rule.settled(votes, votes.terminals()) == 3  # answer a thrice; its best chain
+    assert rule.threshold_answer(votes, votes.terminals()) == 3  # answer a thrice; its best chain
     unscored = _tree_with_finished([(math.nan, "a"), (math.nan, "a"), (math.nan, "a")])
-    assert rule.settled(unscored, unscored.terminals()) is None
+    assert rule.threshold_answer(unscored, unscored.terminals()) is None
 
 
 def test_stop_rule_auto_is_verified_only_where_the_task_has_a_check():
@@ -122,7 +122,7 @@ def test_job_pool_is_never_overdrawn_every_problem_gets_its_floor_and_compute_mo
 
 def test_pool_grants_by_priority_at_the_barrier_and_never_past_the_pool():
     async def scenario():
-        pool = JobPool(
+        pool = JobBudget(
             Budget(generated_tokens=100, scope="job", floor=0.5, cap=2.0, explore=0.0), ["a", "b", "c"]
         )
         assert [pool.first_round(p) for p in "abc"] == [50.0, 50.0, 50.0]

@@ -8,17 +8,17 @@ import time
 import pytest
 from ray.exceptions import ActorDiedError, ActorUnavailableError
 
-from actors.dispatch import DispatchError, ReplicaPool, rendezvous_order
+from actors.dispatch import DispatchError, Router, rendezvous_order
 from treesearch.batcher import replies
 from treesearch.protocol import BackendUnavailable
 
 
-def echo_pool(n: int, delays: dict | None = None, **kw) -> ReplicaPool:
+def echo_pool(n: int, delays: dict | None = None, **kw) -> Router:
     async def invoke(handle, batch):
         await asyncio.sleep((delays or {}).get(handle, 0.0))
         return [(handle, x) for x in batch], 0
 
-    return ReplicaPool(list(range(n)), invoke, key=lambda req: req[0], **kw)
+    return Router(list(range(n)), invoke, key=lambda req: req[0], **kw)
 
 
 def test_rendezvous_ranking_is_the_same_in_every_process_and_spreads_keys():
@@ -32,7 +32,7 @@ def test_homes_are_sticky_balanced_and_identical_across_pools():
     a, b = echo_pool(8, affinity_bound=10**6), echo_pool(8, affinity_bound=10**6)
     homes_a = a.route(keys)
     assert homes_a == b.route(keys)  # another worker sends each tree to the same replica
-    assert max(a.keys_on) <= math.ceil(1.1 * 1000 / 8) and sum(a.keys_on) == 1000
+    assert max(a.homes.keys_on) <= math.ceil(1.1 * 1000 / 8) and sum(a.homes.keys_on) == 1000
     assert a.route(keys[::-1]) == homes_a[::-1]  # later requests keep their homes
     assert sum(h != rendezvous_order(k, 8)[0] for k, h in zip(keys, homes_a, strict=True)) < 250
 
@@ -46,7 +46,7 @@ def test_a_wave_over_the_bound_spills_to_the_next_replicas_of_its_keys():
     kept = routes.count(home["a"])
     assert kept - (len(wave) - kept) <= 16 and kept >= len(wave) - kept  # within the bound
     assert routes[: kept - 1] == [home["a"]] * (kept - 1)  # the earlier requests keep affinity
-    assert pool.home["a"][0] == home["a"]  # the key keeps its home
+    assert pool.homes.home["a"][0] == home["a"]  # the key keeps its home
 
 
 def test_answers_arrive_per_call_so_a_straggler_holds_only_its_own():
@@ -77,7 +77,7 @@ def test_lost_calls_are_reissued_elsewhere_and_a_hung_replica_is_restarted():
             await asyncio.sleep(10)  # hangs
         return [(handle, x) for x in batch], 0
 
-    pool = ReplicaPool([0, 1], invoke, key=lambda r: r, retry_delay_s=0.01, request_timeout_s=0.2,
+    pool = Router([0, 1], invoke, key=lambda r: r, retry_delay_s=0.01, request_timeout_s=0.2,
                        restart=restarted.append, affinity_bound=10**6)  # fmt: skip
     out = asyncio.run(pool.submit([f"k{i}" for i in range(8)]))
     assert len(out) == 8 and sorted(x for _, x in out) == sorted(f"k{i}" for i in range(8))
@@ -88,10 +88,10 @@ def test_a_pool_with_every_replica_gone_stops_the_job_and_one_request_fails_alon
     async def dead(handle, batch):  # what Ray answers at once for an actor it will not restart
         raise ActorDiedError()
 
-    pool = ReplicaPool([0, 1], dead, key=lambda r: r, retry_delay_s=0.001, gone_after=2, max_retries=20)
+    pool = Router([0, 1], dead, key=lambda r: r, retry_delay_s=0.001, gone_after=2, max_retries=20)
     with pytest.raises(BackendUnavailable, match="all 2 replicas"):
         asyncio.run(pool.submit(["a", "b"]))
-    flaky = ReplicaPool([0, 1], dead, key=lambda r: r, retry_delay_s=0.001, gone_after=100, max_retries=2)
+    flaky = Router([0, 1], dead, key=lambda r: r, retry_delay_s=0.001, gone_after=100, max_retries=2)
     with pytest.raises(DispatchError, match="lost 3 times"):
         asyncio.run(flaky.submit(["a"]))
 
@@ -108,7 +108,7 @@ def test_requests_wait_for_replicas_that_are_restarting_without_spending_their_r
             raise ActorUnavailableError("restarting", None)
         return [(handle, x) for x in batch], 0
 
-    pool = ReplicaPool([0, 1], restarting, key=lambda r: r, retry_delay_s=0.01, gone_after=2, max_retries=1)
+    pool = Router([0, 1], restarting, key=lambda r: r, retry_delay_s=0.01, gone_after=2, max_retries=1)
     out = asyncio.run(pool.submit(["a", "b", "c"]))
     assert sorted(x for _, x in out) == ["a", "b", "c"] and not any(pool.gone)
     assert pool.stats.reissued >= 3 * 2  # more losses than max_retries allows, none charged
@@ -116,7 +116,7 @@ def test_requests_wait_for_replicas_that_are_restarting_without_spending_their_r
     async def never_back(handle, batch):
         raise ActorUnavailableError("restarting", None)
 
-    slow = ReplicaPool([0, 1], never_back, key=lambda r: r, retry_delay_s=0.01, restart_wait_s=0.2)
+    slow = Router([0, 1], never_back, key=lambda r: r, retry_delay_s=0.01, restart_wait_s=0.2)
     with pytest.raises(DispatchError, match="restarting for more than 0 s"):
         asyncio.run(slow.submit(["a"]))
     assert not any(slow.gone)  # restarting is not gone

@@ -10,11 +10,11 @@ from hypothesis import strategies as st
 
 from treesearch.backends.deterministic import NoisyOracleGenerator, RulePRM
 from treesearch.budget import BUDGET_UNITS, Budget, BudgetGuard, Ledger
-from treesearch.engine import JobFailed
 from treesearch.protocol import ScoreResult
+from treesearch.results import JobFailed
 from treesearch.tasks.game24 import Game24
 
-from .helpers import ALGO_PARAMS, run_inprocess
+from .helpers import ALGO_PARAMS, run_inprocess, run_local
 
 
 class CountingGenerator(NoisyOracleGenerator):
@@ -107,7 +107,7 @@ def test_budget_guard_reserves_worst_case():
     g = BudgetGuard(Budget(generated_tokens=100))
     assert g.reserve(Ledger(policy_generated_tokens=60))
     assert not g.reserve(Ledger(policy_generated_tokens=50))  # 60 reserved + 50 > 100
-    g.settle(Ledger(policy_generated_tokens=60), Ledger(policy_generated_tokens=30))
+    g.book(Ledger(policy_generated_tokens=60), Ledger(policy_generated_tokens=30))
     assert g.reserve(Ledger(policy_generated_tokens=70))  # 30 spent + 70 = 100
     assert g.reserved.policy_generated_tokens == 70 and g.spent.policy_generated_tokens == 30
     with pytest.raises(ValueError):
@@ -130,10 +130,11 @@ def test_no_budget_is_ever_exceeded(algorithm, unit, fraction, seed):
         "generator_calls": 60,
         "nodes": 150,
     }
-    limit = fraction * scale[unit]
+    limit = max(1.0, fraction * scale[unit])  # a budget of 0 is refused at load
     limit = int(limit) if unit != "flops" else limit
     budget = Budget(**{unit: limit})
     results, _, _, _ = run_inprocess(algorithm, budget=budget, n_problems=3, seed=seed)
+    assert len(results) == 3
     for r in results:
         assert r.ledger.value(unit) <= limit
 
@@ -167,7 +168,6 @@ def test_mc_rollout_prm_values_are_fractions_of_correct_rollouts():
 
 def test_mc_rollout_prm_in_a_search_respects_the_budget(tmp_path):
     from treesearch.config import load_config
-    from treesearch.runner import run_job
 
     cfg = load_config(
         None,
@@ -181,9 +181,11 @@ def test_mc_rollout_prm_in_a_search_respects_the_budget(tmp_path):
             "generator.max_step_tokens=40",
         ],
     )
-    s = run_job(cfg, tmp_path, progress=False)
+    s = run_local(cfg, tmp_path)
     assert s["ledger"]["prm_tokens"] > 0 and s["ledger"]["prm_flops"] > 0
-    for line in (tmp_path / "results.jsonl").read_text().splitlines():
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 4
+    for line in lines:
         assert json.loads(line)["ledger"]["total_tokens"] <= 6000
 
 
@@ -206,7 +208,7 @@ def test_a_batch_that_returns_after_its_search_was_cancelled_is_dropped_quietly(
         asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: errors.append(ctx))
         gen = HeldGenerator()
         batcher = Batcher(gen, scorer=RulePRM(Game24("dev")))
-        batcher.active = 1
+        batcher.open_slots(1)
         search = asyncio.ensure_future(batcher.generate(["a", "b"]))
         await asyncio.sleep(0)  # submitted and flushed: one batch in flight
         assert batcher.generator_batches == 1

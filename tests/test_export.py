@@ -100,7 +100,7 @@ def _xss_tree() -> tuple[Tree, dict]:
 
 
 @pytest.fixture(scope="module")
-def browser():
+def browser(uses_browser):
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.fail("Debian's chromium is not installed (make test installs it)")

@@ -137,16 +137,24 @@ def _mutate(text: str, rng) -> str:
 
 
 def test_the_checker_never_raises_on_mutated_steps():
-    """Mutated valid steps are judged, never crash the checker."""
+    """Mutated valid steps are judged, never crash the checker, and a step it accepts leaves
+    exactly the numbers the step claims."""
     import random
+    from collections import Counter
 
     rng = random.Random(0)
     state = g.state_of([3, 4, 12, 5])
     valid = [m.text() for m in g.legal_moves(state)]
+    verdicts = Counter()
     for _ in range(5000):
         text = _mutate(rng.choice(valid), rng)
-        g.check_step(state, text)
-        g.claimed_left(text)
+        check = g.check_step(state, text)
+        verdicts["ok" if check.ok else check.reason.split()[0]] += 1
+        if check.ok:
+            assert sorted(check.left) == sorted(g.claimed_left(text)), text
+    # every kind of verdict is reached: most mutations break the step, a few leave a legal one
+    assert verdicts["ok"] > 50 and verdicts["unparseable"] > 3000
+    assert verdicts["wrong"] > 300 and verdicts["operand"] > 100
 
 
 def test_every_task_method_survives_mutated_chains():

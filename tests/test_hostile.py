@@ -146,14 +146,17 @@ def crafted_run_dirs(base: Path, root: Path, rng: random.Random, n: int) -> list
 
 def test_crafted_run_dirs_fail_clearly_in_view_and_resume(tmp_path, capsys, base_run):
     dirs = crafted_run_dirs(base_run, tmp_path, random.Random(1), 160)
+    refused = {"view": 0, "resume": 0}
     for d in dirs:
         rc = main(["view", str(d), "-o", str(tmp_path / "v.html")])
         _expect_clean(capsys, rc, f"view {d.name}")
+        refused["view"] += rc == 2
         rc = main([*BASE, "--out", str(d), "--resume", "--set", "algorithm.simulations=8"])
         _expect_clean(capsys, rc, f"resume {d.name}")
-    rows = [main(["view", str(d), "-o", str(tmp_path / "v.html")]) for d in dirs[:5]]
-    capsys.readouterr()
-    assert len(rows) == 5  # 160 dirs x 2 commands + 700 trees: over a thousand crafted files
+        refused["resume"] += rc == 2
+    # 160 dirs x 2 commands + 700 trees: over a thousand crafted files; each command refuses
+    # the dirs it cannot read (a bad line is dropped by view, a mangled tree by resume)
+    assert refused["view"] >= 120 and refused["resume"] >= 80, refused  # 142 and 101 when written
 
 
 def test_out_naming_a_file_is_one_line_and_exit_2(tmp_path, capsys):

@@ -32,7 +32,7 @@ def _cli(*args, timeout=300):
 
 
 @pytest.fixture(scope="module")
-def head():
+def head(uses_ray):
     import ray
 
     if ray.is_initialized():
@@ -190,7 +190,7 @@ def test_bad_submissions_fail_clearly(head, tmp_path):
     assert unknown.returncode == 1 and unknown.stderr.startswith("error:")
 
 
-def test_uri_output_round_trip_with_resume(tmp_path):
+def test_uri_output_round_trip_with_resume(tmp_path, takes_long):
     uri = f"file://{tmp_path / 'bucket' / 'run'}"
     args = ("run", str(CONFIGS / "game24-beam.yaml"), "--in-process", "--quiet", "--out", uri)
     first = _cli(*args, "--limit", "3")

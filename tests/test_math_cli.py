@@ -11,7 +11,7 @@ from treesearch.config import load_config
 from .conftest import math_overrides as _overrides
 
 
-def test_math_shepherd_prm_on_math_through_the_cli(tmp_path, models, dataset, capsys):
+def test_math_shepherd_prm_on_math_through_the_cli(tmp_path, models, dataset, capsys, uses_vllm):
     if ray.is_initialized():  # the CLI starts (and stops) its own local Ray
         ray.shutdown()
     over = _overrides(models, dataset, prm="math_shepherd")
@@ -50,8 +50,8 @@ def test_gpu_math_configs_load_and_name_their_placeholder_models(tmp_path, capsy
     }
     for c in configs:
         cfg = load_config(c)
-        assert cfg.task.name == "math" and cfg.generator.backend == "vllm"
+        assert cfg.task.name == "math" and cfg.generator["backend"] == "vllm"
         capsys.readouterr()
         assert main(["run", str(c), "--out", str(tmp_path / c.stem), "--quiet"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert err == [f"error: generator.model: model directory not found: {cfg.generator.model}"]
+        assert err == [f"error: generator.model: model directory not found: {cfg.generator['model']}"]

@@ -5,9 +5,8 @@ real vLLM + transformers PRM actors on tiny chat models the test builds."""
 import json
 
 import pytest
-import ray
 
-from actors.driver import start_backends
+from actors.plane import ray_plane
 from treesearch.config import load_config
 from treesearch.job import resolve
 from treesearch.prm.math_shepherd import MathShepherdFormat
@@ -143,22 +142,17 @@ ALGOS = {
 
 
 @pytest.fixture(scope="module")
-def stack(models, tmp_path_factory):
+def stack(models, tmp_path_factory, ray_cluster, uses_vllm):
     data = tmp_path_factory.mktemp("data") / "m.jsonl"
     data.write_text(json.dumps({"problem": "What is 1+1?", "solution": "2", "uid": "a"}) + "\n")
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    b = start_backends(resolve(load_config(None, _overrides(models, data))))
-    yield b
-    b.shutdown()
-    ray.shutdown()
+    with ray_plane(resolve(load_config(None, _overrides(models, data)))) as plane:
+        yield plane
 
 
 @pytest.mark.parametrize("algo", sorted(ALGOS))
 def test_every_algorithm_on_math_with_vllm_and_qwen_prm(tmp_path, models, dataset, stack, algo):
     cfg = load_config(None, [*_overrides(models, dataset), f"algorithm={ALGOS[algo]}"])
-    summary = run_job(cfg, tmp_path / algo, stack.generator, stack.scorer, progress=False)
+    summary = run_job(resolve(cfg), tmp_path / algo, stack.local, progress=False)
     assert summary["n_problems"] == 3 and summary["ledger"]["prm_calls"] > 0
     assert summary["ledger"]["policy_generated_tokens"] <= 3 * 300
     rows = [json.loads(x) for x in (tmp_path / algo / "results.jsonl").read_text().splitlines()]

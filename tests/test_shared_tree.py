@@ -1,4 +1,4 @@
-"""Tree-parallel MCTS: several workers search one tree through a shared store. The tree keeps
+"""Tree-parallel MCTS: several workers search one shared tree. The tree keeps
 its invariants whatever the interleaving (property test), and W workers reach the accuracy of
 one at the same simulations."""
 
@@ -11,13 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from treesearch.config import load_config
-from treesearch.engine import Lease, ProblemFeed, evaluate
-from treesearch.job import local_backends, resolve
+from treesearch.engine import Engine, EngineOptions, run_problems
+from treesearch.feed import Lease, ProblemFeed
+from treesearch.job import resolve, transports
+from treesearch.results import evaluate
 from treesearch.shared_tree import SharedTree
 from treesearch.tree import NO_PARENT, TERMINAL, Tree
 
 
-class LocalStore:
+class LocalHandle:
     """One worker's handle on one shared tree, in this process; every call yields to the loop
     first (a random number of times), so the workers interleave as they would over Ray."""
 
@@ -55,13 +57,15 @@ def _job(workers_sims: int, n: int, *extra: str):
 
 def search_shared(job, workers: int, seed: int = 0) -> dict[str, tuple[Tree, int | None, dict]]:
     """Every problem searched by ``workers`` concurrent shares of its tree; the finished trees."""
-    gen, scorer = local_backends(job)
+    gen, scorer = transports(job)
     shared, rng = SharedTree(), random.Random(seed)
     leases = []
     for p in job.problems:
         shared.open(p.id, p.prompt, gen.tokenize(p.prompt), job.task.max_depth, job.algorithm_config)
-        leases += [Lease(p, store=LocalStore(shared, p.id, f"w{w}", rng)) for w in range(workers)]
-    parts, _, _ = asyncio.run(job.run(ProblemFeed(leases, closed=True), gen, scorer, concurrency=len(leases)))
+        leases += [Lease(p, shared=LocalHandle(shared, p.id, f"w{w}", rng)) for w in range(workers)]
+    parts: list = []
+    engine = Engine(gen, scorer, EngineOptions(concurrency=len(leases)))
+    asyncio.run(engine.run(ProblemFeed(leases, closed=True), job.spec(gen), lambda r, t: parts.append(r)))
     assert len(parts) == len(leases) and {r.status for r in parts} == {"part"}
     out = {}
     for p in job.problems:
@@ -100,8 +104,8 @@ def test_shared_trees_keep_their_invariants_under_any_interleaving(workers, seed
 
 def test_w_workers_on_one_tree_reach_the_accuracy_of_one_at_the_same_simulations():
     job = _job(24, 40, "prm.reachability=false")
-    gen, scorer = local_backends(job)
-    single, _, _ = asyncio.run(job.run(job.problems, gen, scorer, concurrency=64))
+    gen, scorer = transports(job)
+    single, _, _ = asyncio.run(run_problems(job.problems, job.spec(gen), gen, scorer))
     accuracy = {1: sum(r.correct for r in single) / len(single)}
     by_id = {p.id: p for p in job.problems}
     for workers in (2, 4):

@@ -9,13 +9,15 @@ from types import SimpleNamespace
 import pytest
 
 from treesearch.backends.deterministic import ByteCounter, RulePRM
-from treesearch.config import ConfigError, load_config
+from treesearch.config import load_config
+from treesearch.errors import ConfigError
 from treesearch.job import resolve
 from treesearch.protocol import ScoreRequest, ScoreResult
-from treesearch.runner import run_job
 from treesearch.tasks import game24 as g24
 from treesearch.tasks.game24 import Game24
 from treesearch.verifiers import ProductScorer, compose, describe, passes
+
+from .helpers import run_local
 
 TASK = Game24("dev")
 PROBLEM = TASK.problems()[0]
@@ -102,8 +104,8 @@ def test_job_with_checks_is_labelled_and_matches_the_oracle_prm(tmp_path):
     base = ["run.in_process=true", "run.limit=6", "task.split=dev", "algorithm.name=beam"]
     composed = load_config(None, [*base, "prm.reachability=false", "prm.checks=[reachability]"])
     oracle = load_config(None, [*base, "prm.reachability=true"])
-    a = run_job(composed, tmp_path / "a", progress=False)
-    b = run_job(oracle, tmp_path / "b", progress=False)
+    a = run_local(composed, tmp_path / "a")
+    b = run_local(oracle, tmp_path / "b")
     assert a["verifier"] == "rule x reachability (ORACLE: a ceiling)" and a["oracle_verifier"]
     assert a["accuracy"] == b["accuracy"] and a["ledger"] == {
         **b["ledger"],
@@ -114,8 +116,8 @@ def test_job_with_checks_is_labelled_and_matches_the_oracle_prm(tmp_path):
 
 
 def test_bad_checks_are_config_errors(tmp_path):
-    with pytest.raises(ConfigError, match=r"prm.checks\[0\]: expected a string"):
-        load_config(None, ["prm.checks=[1]"])
+    with pytest.raises(ConfigError, match=r"prm.checks\[0\]: 1 is not one of 'rule', 'reachability'"):
+        resolve(load_config(None, ["prm.checks=[1]"]))
     cfg = load_config(None, ["run.in_process=true", "run.limit=2", "prm.checks=[rules]"])
-    with pytest.raises(ConfigError, match=r"prm\.checks: unknown check"):
-        run_job(cfg, tmp_path / "x", progress=False)
+    with pytest.raises(ConfigError, match=r"prm\.checks\[0\]: 'rules' is not one of 'rule', 'reachability'"):
+        run_local(cfg, tmp_path / "x")

@@ -9,23 +9,24 @@ import pickle
 import pytest
 import ray
 
-from actors.driver import start_backends
+from actors.plane import ray_plane
 from actors.replica import ReplicaActor, encode_batch
 from treesearch.algorithms import ALGORITHMS
-from treesearch.backends import WorkerEnv
+from treesearch.backends import WorkerEnv, parse_section
 from treesearch.budget import Budget
-from treesearch.config import JobConfig, build, load_config
-from treesearch.engine import run_problems
+from treesearch.config import load_config
 from treesearch.job import resolve
 from treesearch.models import embedded_model
 from treesearch.protocol import ExpandRequest, ScoreRequest, count_ids, decode_ids, encode_ids
 from treesearch.runner import run_job
+from treesearch.schema import build
+from treesearch.sections import PRMConfig
 from treesearch.tasks.base import Problem
 from treesearch.tasks.game24 import Game24, check_chain
 from treesearch.training.tiny import build_char_tokenizer
 from treesearch.tree import TERMINAL, Tree
 
-from .helpers import backend_worker
+from .helpers import backend_worker, run_search
 from .test_cli import CONFIGS
 
 EASY = (1, 2, 3, 4)  # many solutions; the policy alone solves it greedily
@@ -58,23 +59,23 @@ def _overrides(models, *extra):
     ]
 
 
+pytestmark = pytest.mark.usefixtures("uses_vllm", "ray_cluster")
+
+
 @pytest.fixture(scope="module")
-def stack(models):
-    if ray.is_initialized():  # one Ray per module
-        ray.shutdown()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    cfg = load_config(CONFIGS / "game24-beam.yaml", _overrides(models))
-    assert (cfg.generator.model, cfg.prm.model) == tuple(map(str, models))  # the embedded defaults
-    backends = start_backends(resolve(cfg))
-    yield backends
-    backends.shutdown()
-    ray.shutdown()
+def stack(models, ray_cluster):
+    job = resolve(load_config(CONFIGS / "game24-beam.yaml", _overrides(models)))
+    assert (job.generator_config.model, job.prm_config.model) == tuple(
+        map(str, models)
+    )  # the embedded defaults
+    with ray_plane(job) as plane:
+        yield plane
 
 
 @pytest.mark.parametrize("algo", sorted(SMALL))
 def test_every_algorithm_runs_on_vllm_and_a_prm_actor(tmp_path, models, stack, algo):
     cfg = load_config(CONFIGS / f"game24-{algo}.yaml", _overrides(models, f"algorithm={SMALL[algo]}"))
-    summary = run_job(cfg, tmp_path, stack.generator, stack.scorer, progress=False)
+    summary = run_job(resolve(cfg), tmp_path, stack.local, progress=False)
     led = summary["ledger"]
     assert summary["n_problems"] == 2 and led["policy_generated_tokens"] > 0 and led["prm_calls"] > 0
     assert led["policy_generated_tokens"] <= 2 * 400
@@ -109,7 +110,7 @@ def test_cached_prompt_tokens_come_from_vllm(tmp_path, models, stack):
         return await algo.run(ctx, beam_cfg)
 
     _, job, _ = asyncio.run(
-        run_problems([problem], Game24("dev"), search, stack.generator, stack.scorer, Budget(), 24)
+        run_search([problem], Game24("dev"), search, stack.generator, stack.scorer, Budget(), 24)
     )
     assert job.generator_calls >= 4  # the root once per chain
     assert job.policy_cached_prompt_tokens >= 64 * (job.generator_calls - 1)
@@ -139,7 +140,7 @@ def test_vllm_pooling_prm_matches_transformers(models):
         "enforce_eager": True,
         "max_model_len": 256,
     }
-    actor = ReplicaActor.options(num_cpus=0).remote(build(JobConfig, {"prm": section}, "").prm, WorkerEnv(0))
+    actor = ReplicaActor.options(num_cpus=0).remote(parse_section(PRMConfig, section, "prm"), WorkerEnv(0))
     try:
         got, depth = pickle.loads(ray.get(actor.score.remote(encode_batch(reqs)), timeout=300))
     finally:
@@ -197,7 +198,7 @@ def test_a_short_search_with_the_embedded_models_solves_an_easy_puzzle(stack):
     solved = 0
     for _ in range(3):
         (result,), job, _ = asyncio.run(
-            run_problems(
+            run_search(
                 [problem], task, search, stack.generator, stack.scorer, Budget(generated_tokens=600), 40
             )
         )
@@ -218,7 +219,7 @@ def test_first_steps_drawn_as_heads_on_vllm_are_whole_distinct_steps(stack):
 
     budget = Budget(generated_tokens=2000, early_stop="never")
     (result,), _, _ = asyncio.run(
-        run_problems(
+        run_search(
             [task.problem((4, 6, 8, 13))], task, search, stack.generator, stack.scorer, budget, 40,
             on_result=lambda r, t: trees.setdefault(r.id, t),
         )
@@ -291,7 +292,7 @@ def test_qwen_prm_through_vllm_pooling_equals_transformers(tmp_path):
         "enforce_eager": True,
         "max_model_len": 256,
     }
-    cfg = build(JobConfig, {"prm": vllm_section}, "").prm
+    cfg = parse_section(PRMConfig, vllm_section, "prm")
     actor = ReplicaActor.options(num_cpus=0).remote(cfg, WorkerEnv(0))
     try:
         got, _ = pickle.loads(ray.get(actor.score.remote(encode_batch(reqs)), timeout=300))

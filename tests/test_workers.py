@@ -11,26 +11,20 @@ import time
 import pytest
 import ray
 
-from actors.driver import start_backends
-from actors.fleet import WorkerFleet
+from actors.plane import RayPlane, ray_plane
 from treesearch.config import load_config
-from treesearch.engine import Lease, ProblemFeed
-from treesearch.job import local_backends, resolve
+from treesearch.engine import Engine, EngineOptions
+from treesearch.feed import Lease, ProblemFeed
+from treesearch.job import resolve, transports
+from treesearch.journal import encode_journal
 from treesearch.runner import run_job
-from treesearch.store import TreeStore, decode_journal, encode_journal
 from treesearch.tree import Tree, trees_equal
 
+from .helpers import run_local
 from .test_cli import CONFIGS
 from .test_ray_orchestration import _rows
 
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_instance():
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("ray_cluster")  # one Ray for the module
 
 
 def _cfg(algo: str, *extra: str):
@@ -59,27 +53,27 @@ def test_journal_replay_rebuilds_the_tree_and_ledger_without_a_backend(algorithm
     import asyncio
 
     job = resolve(_cfg(algorithm, "run.limit=3", "run.in_process=true"))
-    gen, scorer = local_backends(job)
-    store, journals = TreeStore(), {}
+    gen, scorer = transports(job)
+    spec = job.spec(gen)
+    recording = Engine(gen, scorer, EngineOptions(record=True))
+    journals, full = {}, []
 
     def keep_journal(result, tree):
-        journals[result.id] = list(store.journal(result.id))
+        journals[result.id] = list(recording.trees.journal(result.id))
+        full.append(result)
 
-    full, _, _ = asyncio.run(
-        job.run(job.problems, gen, scorer, concurrency=64, on_result=keep_journal, store=store, record=True)
-    )
+    asyncio.run(recording.run(ProblemFeed(job.problems, closed=True), spec, keep_journal))
+    assert len(full) == 3 and all(journals.values())
     for cut in (0.3, 0.7):  # replay part of each journal, then search on with the backends
         leases = []
         for p in job.problems:
             part = journals[p.id][: int(cut * len(journals[p.id]))]
-            leases.append(Lease(p, decode_journal(encode_journal(part))))
-        again, _, counters = asyncio.run(
-            job.run(
-                ProblemFeed(leases, closed=True), gen, scorer, concurrency=64, on_result=lambda r, t: None
-            )
-        )
+            leases.append(Lease(p, [encode_journal(part)]))
+        again: list = []
+        counters = asyncio.run(Engine(gen, scorer).run(ProblemFeed(leases, closed=True), spec, _into(again)))
         assert counters.replayed == 3 and counters.replay_restarts == 0
         by_id = {r.id: r for r in again}
+        assert by_id.keys() == {r.id for r in full}
         for r in full:
             mine = by_id[r.id]
             assert (mine.answer, mine.nodes, mine.correct) == (r.answer, r.nodes, r.correct)
@@ -87,18 +81,17 @@ def test_journal_replay_rebuilds_the_tree_and_ledger_without_a_backend(algorithm
             assert mine.ledger.prm_tokens == r.ledger.prm_tokens and mine.ledger.nodes == r.ledger.nodes
 
 
+def _into(results: list):
+    return lambda result, tree: results.append(result)
+
+
 def test_a_job_on_two_workers_equals_the_in_process_run(tmp_path):
     cfg = _cfg("beam", "run.limit=12", "run.search_workers=2", "run.lease=2")
     job = resolve(cfg)
     with_workers = tmp_path / "workers"
-    b = start_backends(job)
-    fleet = WorkerFleet(job, b.replicas, 2)
-    try:
-        summary = run_job(job, with_workers, progress=False, plane=fleet)
-    finally:
-        fleet.shutdown()
-        b.shutdown()
-    run_job(resolve(_cfg("beam", "run.limit=12")), tmp_path / "local", progress=False)
+    with ray_plane(job) as plane:
+        summary = run_job(job, with_workers, plane, progress=False)
+    run_local(_cfg("beam", "run.limit=12"), tmp_path / "local")
     assert _rows(with_workers) == _rows(tmp_path / "local")
     assert _same_trees(_trees(with_workers), _trees(tmp_path / "local"))
     assert summary["search_workers"] == 2 and summary["nodes"] == summary["ledger"]["nodes"]
@@ -116,35 +109,32 @@ def test_a_killed_worker_loses_nothing_and_its_problems_resume_from_their_journa
         "prm.latency_s=0.03",
     )
     job = resolve(cfg)
-    b = start_backends(job)
-    fleet = WorkerFleet(job, b.replicas, 2, max_restarts=2)
     out = tmp_path / "killed"
-    killer = threading.Thread(target=_kill_a_worker_midway, args=(out, fleet))
-    try:
+    with ray_plane(job) as plane:
+        killer = threading.Thread(target=_kill_a_worker_midway, args=(out, plane))
         killer.start()
-        summary = run_job(job, out, progress=False, plane=fleet)
+        summary = run_job(job, out, plane, progress=False)
         killer.join()
-    finally:
-        fleet.shutdown()
-        b.shutdown()
     assert summary["lost_attempts"] >= 1 and summary["resumed_from_journal"] >= 1
     undisturbed = tmp_path / "undisturbed"
-    run_job(resolve(_cfg("mcts", "run.limit=16")), undisturbed, progress=False)
+    run_local(_cfg("mcts", "run.limit=16"), undisturbed)
     rows = _rows(out)
     assert [r["id"] for r in rows] == sorted({r["id"] for r in rows})  # each problem exactly once
     assert rows == _rows(undisturbed)  # same answers and the same compute, counted once
     assert _same_trees(_trees(out), _trees(undisturbed))
 
 
-def _kill_a_worker_midway(out, fleet: WorkerFleet) -> None:
+def _kill_a_worker_midway(out, plane: RayPlane) -> None:
     deadline = time.time() + 60
     results = out / "results.jsonl"
     while time.time() < deadline:  # once some problems are done and worker 0 is mid-search
         done = results.exists() and len(results.read_text().splitlines()) >= 2
-        if done and fleet.held and any(h.journal for h in list(fleet.held[0].values())):
+        fleet = plane.fleet
+        if done and fleet is not None and any(lease.journal for lease in list(fleet.held[0].values())):
             break
         time.sleep(0.005)
-    ray.kill(fleet.workers[0], no_restart=False)
+    assert plane.fleet is not None
+    ray.kill(plane.fleet.workers[0], no_restart=False)
 
 
 def test_fewer_problems_than_workers_share_their_trees(tmp_path):
@@ -156,13 +146,8 @@ def test_fewer_problems_than_workers_share_their_trees(tmp_path):
         "generator.resources.replicas=2",
     )
     job = resolve(cfg)
-    b = start_backends(job)
-    fleet = WorkerFleet(job, b.replicas, 4)
-    try:
-        summary = run_job(job, tmp_path / "shared", progress=False, plane=fleet)
-    finally:
-        fleet.shutdown()
-        b.shutdown()
+    with ray_plane(job) as plane:
+        summary = run_job(job, tmp_path / "shared", plane, progress=False)
     rows = [json.loads(x) for x in (tmp_path / "shared" / "results.jsonl").read_text().splitlines()]
     assert sorted(r["id"] for r in rows) == sorted(p.id for p in job.problems)  # each once
     for r in rows:

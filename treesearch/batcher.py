@@ -18,6 +18,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from treesearch.feed import Lease, ProblemFeed
 from treesearch.protocol import Dispatching
 
 
@@ -33,7 +34,7 @@ class _Submission:
         self.waiting = batcher is not None
         self.lockstep = batcher is not None and batcher.lockstep
 
-    def settled(self) -> None:  # no longer waiting: answered, failed or cancelled
+    def stop_waiting(self) -> None:  # answered, failed or cancelled
         if self.waiting:
             self.waiting = False
             self.batcher.waiting -= 1  # type: ignore[union-attr]
@@ -60,7 +61,7 @@ class Reply:
         sub.results[self.i] = result
         sub.left -= 1
         if sub.left == 0:
-            sub.settled()
+            sub.stop_waiting()
             sub.future.set_result(sub.results)
 
     def fail(self, error: BaseException) -> None:
@@ -68,7 +69,7 @@ class Reply:
         if sub.lockstep:
             sub.batcher.lockstep_answered()  # type: ignore[union-attr]
         if not sub.future.done():
-            sub.settled()
+            sub.stop_waiting()
             sub.future.set_exception(error)
 
 
@@ -77,7 +78,7 @@ def replies(n: int, batcher: Batcher | None = None) -> tuple[list[Reply], asynci
     future = asyncio.get_running_loop().create_future()
     sub = _Submission(batcher, n, future)
     if batcher is not None:
-        future.add_done_callback(lambda f: sub.settled())  # a cancelled search waits no more
+        future.add_done_callback(lambda f: sub.stop_waiting())  # a cancelled search waits no more
     return [Reply(sub, i) for i in range(n)], future
 
 
@@ -158,15 +159,30 @@ class Batcher:
         self._maybe_flush()
         return await future
 
+    def open_slots(self, n: int) -> None:
+        """``n`` more search slots run (each takes its problems with :meth:`take`)."""
+        self.active += n
+
+    async def take(self, feed: ProblemFeed) -> Lease | None:
+        """A slot's next problem; None once the feed is closed and empty (the slot is then
+        parked for good). Taken without yielding when one is there, so the count of running
+        searches stays exact between problems; parked while the slot waits for one."""
+        lease = feed.take()
+        if lease is None:
+            self.park()
+            lease = await feed.wait()
+            if lease is not None:
+                self.unpark()
+        return lease
+
     def park(self) -> None:
-        """A search slot waits for its next problem: it can add nothing until one arrives."""
+        """A search waits on something that is no request (a problem, a shared tree): it can
+        add nothing until that arrives."""
         self.active -= 1
         self._maybe_flush()
 
     def unpark(self) -> None:
         self.active += 1
-
-    search_finished = park  # a slot with no problems left is parked for good
 
     def lockstep_answered(self) -> None:
         self._in_flight -= 1

@@ -15,7 +15,7 @@ uncached; the PRM's input-token upper bound), so a finished search never exceeds
 Wall seconds are the exception: they cannot be reserved, so a request is refused once the
 limit is reached.
 
-The ledger is on the engine's hot path (a reservation and a settlement per request), so its
+The ledger is on the engine's hot path (a reservation and a booking per request), so its
 arithmetic is spelled out field by field rather than reflected over ``dataclasses.fields``.
 """
 
@@ -23,7 +23,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
+
+from treesearch.schema import MAX_COUNT, Float, Int, Probability, Seconds, Tokens, section
 
 # Units a budget can cap; each is a ``Ledger`` attribute or property.
 BUDGET_UNITS = (
@@ -230,7 +232,7 @@ class ModelCost:
 EarlyStop = Literal["auto", "verified", "threshold", "never"]
 
 
-@dataclass(frozen=True)
+@section(frozen=True)
 class Budget:
     """Per-problem caps (``None``: unlimited; units: :data:`BUDGET_UNITS`), where compute may
     go (``scope``) and when a search stops before its cap (``early_stop``).
@@ -243,48 +245,48 @@ class Budget:
     confidence is not safe to stop on by default).
     """
 
-    generated_tokens: int | None = None
-    total_tokens: int | None = None
-    flops: float | None = None
-    generator_calls: int | None = None
-    nodes: int | None = None
-    seconds: float | None = None
+    generated_tokens: Tokens | None = None
+    total_tokens: Tokens | None = None
+    flops: Float(gt=0, le=1e30) | None = None
+    generator_calls: Tokens | None = None
+    nodes: Tokens | None = None
+    seconds: Seconds | None = None
     # "problem": each problem has the caps above. "job": the caps x the number of problems are
-    # one pool (treesearch.pool): each problem starts with floor x its share, then compute goes
-    # by priority to the problems still open, none over cap x its share.
+    # one pool (treesearch.job_budget): each problem starts with floor x its share, then compute
+    # goes by priority to the problems still open, none over cap x its share.
     scope: Literal["problem", "job"] = "problem"
-    floor: float = 0.5  # job scope: a problem's first round, as a fraction of its share (0, 1]
-    cap: float = 4.0  # job scope: most a problem may spend, as a multiple of its share (>= 1)
-    explore: float = 0.5  # job scope: UCT exploration constant of the priority over problems
+    floor: Float(gt=0, le=1) = 0.5  # job scope: a problem's first round, as a fraction of its share
+    cap: Float(ge=1, le=1000) = 4.0  # job scope: most a problem may spend, as a multiple of its share
+    explore: Float(ge=0, le=100) = 0.5  # job scope: UCT exploration constant of the priority over problems
     early_stop: EarlyStop = "auto"
-    stop_score: float = 0.9  # threshold: a finished chain's PRM score that ends the search
-    stop_votes: int = 0  # threshold: finished chains agreeing on an answer that end it (0: off)
+    stop_score: Probability = 0.9  # threshold: a finished chain's PRM score that ends the search
+    stop_votes: Int(ge=0, le=MAX_COUNT) = 0  # threshold: finished chains agreeing on an answer (0: off)
 
     def limits(self) -> dict[str, float]:
         return {u: getattr(self, u) for u in BUDGET_UNITS if getattr(self, u) is not None}
 
     def unit(self) -> str | None:
-        """The first limited unit (the one ``budget_returned`` and job pools count in)."""
+        """The first limited unit (the one ``budget_returned`` and job budgets count in)."""
         return next(iter(self.limits()), None)
 
     def __post_init__(self) -> None:
-        for unit, limit in self.limits().items():
-            if limit < 0:
-                raise ValueError(f"budget.{unit} must be >= 0, got {limit}")
-        if not 0 < self.floor <= 1:
-            raise ValueError(f"budget.floor must be in (0, 1], got {self.floor}")
-        if self.cap < 1:
-            raise ValueError(f"budget.cap must be >= 1, got {self.cap}")
         if self.scope == "job":
             units = [u for u in self.limits() if u != "seconds"]
             if len(units) != 1:
-                raise ValueError(f"budget.scope job: needs one limited unit besides seconds, got {units}")
+                raise ValueError(f"scope job needs one limited unit besides seconds, got {units}")
 
 
-# A request's worst case as the limited units see it: (generated tokens, total tokens, FLOPs,
-# generator calls, nodes). Seconds cannot be reserved.
-Costs = tuple[float, float, float, float, float]
-COST_UNITS = ("generated_tokens", "total_tokens", "flops", "generator_calls", "nodes")
+class Costs(NamedTuple):
+    """A request's worst case as the limited units see it (seconds cannot be reserved)."""
+
+    generated_tokens: float
+    total_tokens: float
+    flops: float
+    generator_calls: float
+    nodes: float
+
+
+COST_UNITS = Costs._fields
 
 
 class BudgetGuard:
@@ -294,7 +296,7 @@ class BudgetGuard:
     could push a limited unit over its limit) and releases it when its real cost is booked
     into ``spent``. On the engine's hot path the worst case is a :data:`Costs` tuple
     (``reserve_costs`` / ``release_costs``) and the caller books the real cost into ``spent``
-    field by field; ``reserve`` / ``settle`` take whole ledgers.
+    field by field; ``reserve`` / ``book`` take whole ledgers.
 
     Attributes:
       budget: the caps.
@@ -359,7 +361,7 @@ class BudgetGuard:
 
     @staticmethod
     def costs(worst: Ledger) -> Costs:
-        return (
+        return Costs(
             worst.policy_generated_tokens,
             worst.total_tokens,
             worst.flops,
@@ -378,7 +380,7 @@ class BudgetGuard:
     def reserve(self, worst: Ledger) -> bool:
         return self.reserve_costs(self.costs(worst))
 
-    def settle(self, worst: Ledger, actual: Ledger) -> None:
+    def book(self, worst: Ledger, actual: Ledger) -> None:
         """Releases the reservation ``worst`` and books ``actual``."""
         self.release_costs(self.costs(worst))
         self.spent.add(actual)

@@ -14,18 +14,27 @@
 
 Exit status: 0 on success, 2 on a bad config or bad arguments (one line on stderr naming
 the field), 1 on a failure during the run.
+
+A run flows one way: ``load_config`` -> ``resolve(cfg) -> Job`` (data, every check) ->
+``make_plane(job, ...)`` (where the searches run: started once) -> ``run_job(job, out, plane)``
+(the run dir). This is the one module of ``treesearch`` that imports ``actors`` (Ray is
+optional).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from types import ModuleType
+from typing import Any
 
-from treesearch.config import ConfigError, load_config
+from treesearch.config import load_config
+from treesearch.errors import ConfigError
+from treesearch.job import Job, resolve, transports
+from treesearch.plane import LocalPlane, Plane
 from treesearch.storage import local_run_dir
 
 LOCAL_OR_CLUSTER = ("status", "watch", "results")  # JOB --address URL, or --run-dir DIR
@@ -34,6 +43,14 @@ LOCAL_OR_CLUSTER = ("status", "watch", "results")  # JOB --address URL, or --run
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="treesearch", description="Tree search over LLM reasoning steps.")
     sub = p.add_subparsers(dest="command", required=True)
+    _add_run(sub)
+    _add_compare(sub)
+    _add_export_and_view(sub)
+    _add_cluster_commands(sub)
+    return p
+
+
+def _add_run(sub: Any) -> None:
     run = sub.add_parser("run", help="run a YAML search job")
     run.add_argument("config", help="path to a job YAML (see configs/)")
     run.add_argument(
@@ -58,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--in-process", action="store_true", help="no Ray: in-process deterministic backends only"
     )
+
+
+def _add_compare(sub: Any) -> None:
     cmp = sub.add_parser(
         "compare", help="every algorithm at every budget, same problems and pools: CSV, JSON, plots, report"
     )
@@ -86,6 +106,9 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--verbose", action="store_true", help="replica logs (vLLM, Ray) on stderr too")
     cmp.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
     cmp.add_argument("--in-process", action="store_true", help="no Ray: deterministic backends only")
+
+
+def _add_export_and_view(sub: Any) -> None:
     exp = sub.add_parser("export", help="export a tree (or every tree of a run dir)")
     exp.add_argument("tree", help="trees/<id>.msgpack or a run dir")
     exp.add_argument("--format", required=True, help="json | graphml | dot | html")
@@ -96,6 +119,9 @@ def _parser() -> argparse.ArgumentParser:
     view.add_argument("-o", "--output", default=None, help="output file (default RUN_DIR/view.html)")
     view.add_argument("--watch", type=float, default=None, metavar="SECONDS",
                       help="while the run runs: rewrite the page (it reloads) this often")  # fmt: skip
+
+
+def _add_cluster_commands(sub: Any) -> None:
     sub_ = sub.add_parser("submit", help="submit a job to a Ray cluster (Ray Jobs)")
     sub_.add_argument("config")
     sub_.add_argument("--address", required=True, help="Ray job server, e.g. http://HEAD:8265")
@@ -121,7 +147,6 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--address", required=True, help="Ray job server, e.g. http://HEAD:8265")
         if name == "logs":
             cmd.add_argument("--follow", action="store_true", help="stream until the job ends")
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -138,16 +163,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _ray_driver() -> ModuleType:
-    """``actors.driver`` (imported here: Ray is optional), or a ConfigError saying how to do
-    without Ray."""
+@contextlib.contextmanager
+def make_plane(
+    job: Job, address: str | None = None, say: Callable[[str], None] | None = None, verbose: bool = False
+) -> Iterator[Plane]:
+    """Where ``job``'s searches run, started for the ``with`` block: the engine in this process
+    over in-process backends (``run.in_process``), else the job's replica pools on Ray (local
+    unless ``address``; :func:`actors.plane.ray_plane`)."""
+    if job.cfg.run.in_process:
+        transports(job)  # each pool has an in-process backend: checked before a run dir is written
+        yield LocalPlane()
+        return
     try:
-        from actors import driver
+        from actors.plane import ray_plane
     except ImportError as e:
         raise ConfigError(
             f"Ray is not installed ({e.name}): install treesearch[ray] or pass --in-process"
         ) from e
-    return driver
+    with ray_plane(job, address, say, verbose) as plane:
+        yield plane
 
 
 def _export_command(args: argparse.Namespace) -> int:
@@ -232,8 +266,11 @@ def _job_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def _run(args: argparse.Namespace) -> int:
-    from treesearch.job import resolve
     from treesearch.runner import format_summary, run_job
 
     overrides = list(args.overrides)
@@ -247,18 +284,13 @@ def _run(args: argparse.Namespace) -> int:
     if (args.resume or args.retry_failed) and args.out is None:
         raise ConfigError("--resume and --retry-failed need --out DIR (the run to continue)")
     out = args.out or str(Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
-    driver = None if cfg.run.in_process else _ray_driver()
     job = resolve(cfg)  # every check, once, before anything starts
     progress = not args.quiet
-    with local_run_dir(out) as local:
-        if driver is None:
-            summary = run_job(
-                job, local, progress=progress, resume=args.resume, retry_failed=args.retry_failed
-            )
-        else:
-            summary = driver.run_on_ray(
-                job, local, args.address, progress, args.resume, args.retry_failed, args.verbose
-            )
+    with (
+        local_run_dir(out) as local,
+        make_plane(job, args.address, _say if progress else None, args.verbose) as plane,
+    ):
+        summary = run_job(job, local, plane, progress, args.resume, args.retry_failed)
     print(format_summary(summary))
     print(f"output: {out}")
     return 0
@@ -273,7 +305,6 @@ def _numbers(text: str, what: str) -> list[float]:
 
 def _compare(args: argparse.Namespace) -> int:
     from treesearch import compare
-    from treesearch.job import resolve
     from treesearch.report import write_report
     from treesearch.runner import run_job
 
@@ -296,19 +327,13 @@ def _compare(args: argparse.Namespace) -> int:
     out = Path(args.out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
     print(f"{len(cells)} runs -> {out}", file=sys.stderr)
     job = resolve(cfg)
-    if cfg.run.in_process:
+    with make_plane(job, args.address, _say, args.verbose) as plane:  # every cell on the same pools
         rows = compare.run_grid(
-            cells, out, args.budget_unit, lambda c, d: run_job(c, d, progress=False, resume=True)
+            cells,
+            out,
+            args.budget_unit,
+            lambda c, d: run_job(resolve(c), d, plane, progress=False, resume=True),
         )
-    else:
-        say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
-        with _ray_driver().backends_for(job, args.address, say, args.verbose) as b:
-            rows = compare.run_grid(
-                cells,
-                out,
-                args.budget_unit,
-                lambda c, d: run_job(c, d, b.generator, b.scorer, progress=False, resume=True),
-            )
     compare.mark_frontier(rows)
     compare.write_tables(rows, out)
     best = compare.write_best(rows, cells, out, args.budget_unit)

@@ -3,7 +3,7 @@
 A comparison is a grid of *cells* (algorithm x budget x seed). Each cell is an ordinary run
 dir under ``OUT/runs/<cell>`` (resumable: a finished cell is read back, not re-run), made by
 one ``run_cell(cfg, dir)`` callable, so the same code serves in-process backends and actor
-pools shared by every cell (``actors.driver.backends_for``). From the run dirs it writes
+pools shared by every cell (one plane, :func:`treesearch.cli.make_plane`). From the run dirs it writes
 ``comparison.csv`` / ``comparison.json`` (one row per cell, the columns of :data:`COLUMNS`),
 the plots and ``report.html`` (see :mod:`treesearch.report`).
 
@@ -28,9 +28,12 @@ from typing import Any, TextIO
 
 import yaml
 
-from treesearch.budget import Ledger
-from treesearch.config import ConfigError, JobConfig, parse_override
+from treesearch.algorithms import parse_algorithm
+from treesearch.budget import Budget, Ledger
+from treesearch.config import JobConfig, parse_override
+from treesearch.errors import ConfigError
 from treesearch.safeio import iter_rows
+from treesearch.schema import build
 
 UNITS = ("generated_tokens", "total_tokens", "flops", "generator_calls")
 Z95 = 1.959964  # two-sided 95% normal quantile
@@ -52,7 +55,7 @@ class Cell:
     algorithm: str
     budget: float
     seed: int
-    scope: str = "problem"  # "job": the budget x problems is one pool (treesearch.pool)
+    scope: str = "problem"  # "job": the budget x problems is one pool (treesearch.job_budget)
 
     def name(self, unit: str) -> str:
         pooled = "-job" if self.scope == "job" else ""
@@ -127,15 +130,14 @@ def plan(
         for scope in scopes:
             for budget in budgets:
                 value = int(budget) if unit != "flops" else float(budget)
-                try:
-                    limits = dataclasses.replace(cfg.budget, **{**no_limits, unit: value}, scope=scope)
-                except ValueError as e:
-                    raise ConfigError(f"budget: {e}") from e
+                budget_fields = {**dataclasses.asdict(cfg.budget), **no_limits, unit: value, "scope": scope}
+                limits = build(Budget, budget_fields, "budget")
+                parse_algorithm(algo)
                 for seed in range(cfg.run.seed, cfg.run.seed + seeds):
-                    c = dataclasses.replace(
-                        cfg, algorithm=algo, budget=limits, run=dataclasses.replace(cfg.run, seed=seed)
-                    )
-                    c.algorithm_config()
+                    # every cell on the same pools, the engine in the driver (cells differ in
+                    # algorithm and budget; search workers are built for one job)
+                    run = dataclasses.replace(cfg.run, seed=seed, search_workers=0)
+                    c = dataclasses.replace(cfg, algorithm=algo, budget=limits, run=run)
                     cells.append((Cell(name, budget, seed, scope), c))
     return cells
 

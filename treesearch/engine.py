@@ -1,187 +1,121 @@
 """The async search engine: many problems concurrently, their requests batched together.
 
-Layering (after vLLM v1): the *engine* runs the loop, *algorithms* are the policy (they only
-``await ctx.expand(...)`` / ``await ctx.score(...)``, :mod:`treesearch.context`), *backends*
-are the transport, reached through one :class:`treesearch.batcher.Batcher`.
+Layering (after vLLM v1): the *engine* runs the loop, *algorithms* are the policy (they ask
+through a :class:`~treesearch.context.SearchContext`: expand, score, sample ...), the
+*transports* carry the requests, reached through one :class:`~treesearch.batcher.Batcher`.
 
-Each problem's search is an asyncio task in one of ``concurrency`` slots. Problems come from
-a :class:`ProblemFeed`: all at once for a local run, or over time as a driver hands a search
-worker its leases. A search commits results to its tree in the order it asked, so a run is
-deterministic whatever order the backend answers in.
+Each problem's search is an asyncio task in one of ``concurrency`` slots, fed by a
+:class:`~treesearch.feed.ProblemFeed` (all problems at once for a local run, leases over time
+for a search worker, requests for a service). A search commits answers to its tree in the
+order it asked, so a run is deterministic whatever order the transports answer in.
 
 Failure isolation: an exception inside one problem's search (a task method that raises on
 model text, a PRM answer of the wrong shape, a request that failed after its retries) marks
 that problem ``failed`` with its error; the others go on. :class:`BackendUnavailable` (a pool
-with no replica left) ends the job, and so does a job where more than ``max_failures``
-problems failed (the error is then not about one problem).
+with no replica left) ends the run, and so does a job past its
+:class:`~treesearch.results.FailureLimit`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import gc
-import math
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 from treesearch.batcher import Batcher
 from treesearch.budget import Budget, BudgetGuard, Ledger, ModelCost
-from treesearch.context import JournalEntry, ReplayDiverged, SearchContext
-from treesearch.pool import JobPool, pooled_search
+from treesearch.chains import ChainMemo
+from treesearch.context import SearchContext
+from treesearch.feed import Lease, ProblemFeed
+from treesearch.job_budget import JobBudget, search_in_rounds
+from treesearch.journal import Journal, ReplayDiverged, decode_journal
+from treesearch.metered import MeteredClient
+from treesearch.open_trees import OpenTrees
 from treesearch.protocol import BackendUnavailable, Generator, Scorer
+from treesearch.results import FAILED, FailureLimit, ProblemResult, evaluate, failed, part
 from treesearch.sizing import StepCost
 from treesearch.stopping import StopRule
-from treesearch.store import TreeStore
 from treesearch.tasks.base import Problem, Task
 from treesearch.tree import Tree
 
-OK, FAILED, PART = "ok", "failed", "part"  # part: one worker's share of a shared tree
 GC_YOUNG = 20_000  # allocations between young-generation collections while searching
-
-
-class JobFailed(RuntimeError):
-    """More problems failed than the job allows: the cause is not one problem."""
-
-
-class Lease(NamedTuple):
-    """A problem handed to an engine, with the journal of an earlier attempt to replay; or, with
-    ``store``, a share of a tree several workers search (:mod:`treesearch.shared_tree`)."""
-
-    problem: Problem
-    journal: tuple[JournalEntry, ...] = ()
-    store: Any = None
-
-
-class ProblemFeed:
-    """Problems handed to an engine over time; ``close()`` says no more will come."""
-
-    def __init__(self, items: Iterable[Problem | Lease] = (), closed: bool = False):
-        self._items: deque[Lease] = deque(x if isinstance(x, Lease) else Lease(x) for x in items)
-        self.closed = closed
-        self._arrived = asyncio.Event() if not closed else None
-
-    def put(self, lease: Lease) -> None:
-        self._items.append(lease)
-        if self._arrived is not None:
-            self._arrived.set()
-
-    def close(self) -> None:
-        self.closed = True
-        if self._arrived is not None:
-            self._arrived.set()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def take(self) -> Lease | None:
-        return self._items.popleft() if self._items else None
-
-    async def wait(self) -> Lease | None:
-        """The next problem, waiting for one; None once the feed is closed and empty."""
-        while not self._items and not self.closed:
-            assert self._arrived is not None
-            self._arrived.clear()
-            await self._arrived.wait()
-        return self.take()
-
-
-@dataclass
-class ProblemResult:
-    """One problem's outcome. ``covered``: some terminal node of the tree is correct.
-    ``status``: ``ok``, or ``failed`` with ``error`` (then nothing else is meaningful but the
-    compute spent)."""
-
-    id: str
-    answer: str | None
-    answer_node: int | None
-    correct: bool
-    covered: bool
-    nodes: int
-    ledger: Ledger
-    answer_score: float | None = None
-    status: str = OK
-    error: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        row = {
-            "id": self.id,
-            "status": self.status,
-            "answer": self.answer,
-            "answer_node": self.answer_node,
-            "answer_score": self.answer_score,
-            "correct": self.correct,
-            "covered": self.covered,
-            "nodes": self.nodes,
-            "ledger": self.ledger.to_dict(),
-        }
-        if self.error is not None:
-            row["error"] = self.error
-        return row
-
 
 SearchFn = Callable[[SearchContext], Awaitable[int | None]]
 SharedSearchFn = Callable[[SearchContext, Any], Awaitable[None]]
+OnResult = Callable[[ProblemResult, Tree], None]
 
 
-def evaluate(
-    problem: Problem, task: Task, tree: Tree, answer_node: int | None, ledger: Ledger
-) -> ProblemResult:
-    """Ground-truth evaluation of a finished tree (the search has already chosen)."""
-    correct = answer_node is not None and task.is_correct(problem, tree.steps(answer_node))
-    covered = correct or any(task.is_correct(problem, tree.steps(n)) for n in tree.terminals())
-    score = None
-    if answer_node is not None and not math.isnan(tree.prm_score[answer_node]):
-        score = tree.prm_score[answer_node]
-    return ProblemResult(
-        id=problem.id,
-        answer=None if answer_node is None else tree.answer[answer_node],
-        answer_node=answer_node,
-        correct=correct,
-        covered=covered,
-        nodes=len(tree) - 1,
-        ledger=ledger,
-        answer_score=score,
-    )
+@dataclass(frozen=True)
+class SearchSpec:
+    """How a problem is searched: everything the engine needs besides the problem.
+
+    Attributes:
+      task: the problems' task.
+      search: ``search(ctx) -> answer node``, the algorithm with its options.
+      budget: the per-problem budget (``scope: job``: each problem's share of ``job_budget``).
+      max_step_tokens: cap on generated tokens per step.
+      stop: the early-stopping rule.
+      step_tokens, head_tokens: a typical step's and its head's tokens in the generator's
+        tokens (budget sizing, :mod:`treesearch.sizing`).
+      depth: expected steps of a finished chain.
+      shared_search: one worker's part of a tree-parallel search, if the algorithm has one.
+      job_budget: the budget all problems share (``budget.scope: job``), else None.
+    """
+
+    task: Task
+    search: SearchFn
+    budget: Budget
+    max_step_tokens: int
+    stop: StopRule
+    step_tokens: float
+    head_tokens: int
+    depth: int
+    shared_search: SharedSearchFn | None = None
+    job_budget: JobBudget | None = None
 
 
-def _step_tokens(task: Task, generator: Generator, max_step_tokens: int) -> float:
-    """Expected generated tokens of a step (budget sizing): the task's example steps in the
-    generator's tokens, else half the step cap."""
+def make_spec(
+    task: Task, search: SearchFn, generator: Generator, budget: Budget, max_step_tokens: int,
+    shared_search: SharedSearchFn | None = None,
+) -> SearchSpec:  # fmt: skip
+    """A :class:`SearchSpec`, its step sizes measured in ``generator``'s tokens: the task's
+    example steps (else half the step cap) and its step head (else 0)."""
     examples = getattr(task, "example_steps", ())
-    if not examples:
-        return max_step_tokens / 2
-    return min(max_step_tokens, sum(len(generator.tokenize(s)) for s in examples) / len(examples))
-
-
-def _head_tokens(task: Task, generator: Generator) -> int:
-    """Generated tokens of the task's step head (``Task.step_head``, e.g. Game of 24's
-    ``4 + 8 =``) in the generator's tokens; 0 when the task names none."""
+    step = max_step_tokens / 2
+    if examples:
+        step = min(max_step_tokens, sum(len(generator.tokenize(s)) for s in examples) / len(examples))
     head = getattr(task, "step_head", "")
-    return len(generator.tokenize(head)) if head else 0
+    depth = min(getattr(task, "expected_depth", task.max_depth), task.max_depth)
+    return SearchSpec(task, search, budget, max_step_tokens, StopRule(budget, task), step,
+                      len(generator.tokenize(head)) if head else 0, depth, shared_search)  # fmt: skip
 
 
-def failed(problem: Problem, error: BaseException, tree: Tree, ledger: Ledger) -> ProblemResult:
-    """A problem whose search raised: its error, and the compute it spent."""
-    return ProblemResult(
-        id=problem.id,
-        answer=None,
-        answer_node=None,
-        correct=False,
-        covered=False,
-        nodes=len(tree) - 1,
-        ledger=ledger,
-        status=FAILED,
-        error=f"{type(error).__name__}: {error}",
-    )
+@dataclass(frozen=True)
+class EngineOptions:
+    """How an engine runs.
+
+    Attributes:
+      concurrency: problems searched at once (their requests are batched together).
+      lockstep: the benchmark baseline that advances every problem one request at a time,
+        waiting for the whole batch (search-and-learn / OpenR's pattern).
+      record: keep each problem's journal in the open trees (search workers: a problem can
+        resume on another worker).
+    """
+
+    concurrency: int = 64
+    lockstep: bool = False
+    record: bool = False
 
 
 @dataclass
 class EngineCounters:
-    """What one engine run did. ``cpu_seconds``: CPU time of the thread running the loop
-    (the engine, the algorithms, the transports' client side), so ``cpu_us_per_node`` is the
+    """What an engine did. ``cpu_seconds``: CPU time of the thread running the loop (the
+    engine, the algorithms, the transports' client side), so ``cpu_us_per_node`` is the
     orchestration cost of a tree node."""
 
     generator_batches: int = 0
@@ -209,163 +143,174 @@ class EngineCounters:
         }
 
 
-async def run_problems(
-    problems: Sequence[Problem] | ProblemFeed,
-    task: Task,
-    search: SearchFn,
-    generator: Generator,
-    scorer: Scorer,
-    budget: Budget,
-    max_step_tokens: int,
-    concurrency: int = 64,
-    on_result: Callable[[ProblemResult, Tree], None] | None = None,
-    lockstep: bool = False,
-    max_failures: int | None = None,
-    store: TreeStore | None = None,
-    record: bool = False,
-    shared_search: SharedSearchFn | None = None,
-) -> tuple[list[ProblemResult], Ledger, EngineCounters]:
-    """Runs ``search`` on every problem, ``concurrency`` at a time, batching their requests.
-
-    Returns the results (in ``problems`` order for a sequence, in finishing order for a
-    feed), the job ledger and the engine's counters. ``on_result`` is called as each problem
-    finishes (streaming output). ``store`` holds the trees while they are searched (a worker
-    snapshots it); with ``record`` each problem's journal is kept there too. ``lockstep``
-    runs the baseline that advances every problem one request at a time, waiting for the
-    whole batch (the pattern of search-and-learn / OpenR), for benchmarks. A lease with a
-    ``store`` runs ``shared_search`` on the shared tree and ends as a ``part`` result (its
-    compute; the tree and the answer are the store's).
-
-    ``budget.early_stop`` ends a problem's search once its stop rule is met
-    (:mod:`treesearch.stopping`); ``budget.scope: job`` makes the budget one pool over every
-    problem (:mod:`treesearch.pool`: all of them are searched at once, in rounds).
-    """
-    if concurrency < 1:
-        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-    stop = StopRule(budget, task)
-    pool = None
-    if budget.scope == "job":
-        if isinstance(problems, ProblemFeed):
-            raise ValueError("budget.scope job needs the job's problems up front (not a feed of leases)")
-        pool = JobPool(budget, [p.id for p in problems])
-        concurrency = max(concurrency, len(problems))  # a pool's barrier waits for every problem
-    step_tokens = _step_tokens(task, generator, max_step_tokens)
-    head_tokens = _head_tokens(task, generator)
-    gc.freeze()  # setup's objects (solver memo tables, datasets) never enter a GC pass again
-    # Requests and answers are short-lived: a larger young generation lets them die by
-    # refcount before a collection walks them (~15% of the engine's CPU at 700).
+@contextlib.contextmanager
+def tuned_gc() -> Iterator[None]:
+    """While searching: what exists before (solver memo tables, datasets) is frozen out of GC
+    passes, and the young generation is larger, so short-lived requests and answers die by
+    refcount before a collection walks them (~15% of the engine's CPU at the default 700).
+    Both are undone on exit (a long-lived worker or server does not freeze more each run)."""
     thresholds = gc.get_threshold()
+    gc.freeze()
     gc.set_threshold(max(thresholds[0], GC_YOUNG), *thresholds[1:])
-    cpu0 = time.thread_time()
-    feed = problems if isinstance(problems, ProblemFeed) else ProblemFeed(problems, closed=True)
-    order = {} if isinstance(problems, ProblemFeed) else {p.id: i for i, p in enumerate(problems)}
-    store = store if store is not None else TreeStore()
-    batcher = Batcher(generator, scorer, lockstep=lockstep)
-    cost = ModelCost(generator.num_parameters, scorer.num_parameters)
-    counters = EngineCounters()
-    started = time.perf_counter()
-    results: list[ProblemResult] = []
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
 
-    async def attempt(lease: Lease, replay: Sequence[JournalEntry]) -> tuple[ProblemResult, Tree]:
-        problem = lease.problem
-        guard = BudgetGuard(budget)
-        if pool is not None:
-            guard.set_limit(pool.unit, pool.first_round(problem.id))
-        prompt_ids = generator.tokenize(problem.prompt)
-        tree = store.open(problem.id, problem.prompt, prompt_ids, record, guard)
-        depth = min(getattr(task, "expected_depth", task.max_depth), task.max_depth)
-        ctx = SearchContext(
-            problem, task, tree, batcher, guard, cost, max_step_tokens, scorer.counter,
-            store.journal(problem.id), replay, stop,
-            StepCost(step_tokens, max_step_tokens, len(prompt_ids), depth, head_tokens),
-        )  # fmt: skip
+
+async def first_error(coros: Sequence[Coroutine[Any, Any, Any]]) -> None:
+    """Runs ``coros`` until all are done; the first to raise cancels the others and its
+    exception propagates."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for t in done:
+            if t.exception() is not None:
+                raise t.exception()  # type: ignore[misc]
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+class Engine:
+    """Searches the leases of a feed over one pair of transports (see module docstring).
+
+    Attributes:
+      trees: the trees being searched (a worker snapshots them; journals when recording).
+      counters: what it did so far (over every run).
+    """
+
+    def __init__(self, generator: Generator, scorer: Scorer, options: EngineOptions = EngineOptions(),
+                 trees: OpenTrees | None = None):  # fmt: skip
+        self.options = options
+        self.trees = trees if trees is not None else OpenTrees()
+        self.batcher = Batcher(generator, scorer, lockstep=options.lockstep)
+        self.tokenize, self.counter = generator.tokenize, scorer.counter
+        self.cost = ModelCost(generator.num_parameters, scorer.num_parameters)
+        self.counters = EngineCounters()
+
+    async def run(self, feed: ProblemFeed, spec: SearchSpec, on_result: OnResult | None = None,
+                  failures: FailureLimit | None = None) -> EngineCounters:  # fmt: skip
+        """Searches every lease of ``feed`` (by ``spec``, or the lease's own) until the feed is
+        closed and empty; ``on_result`` hears each problem as it finishes."""
+        if spec.budget.scope == "job" and spec.job_budget is None:
+            raise ValueError("budget.scope job needs the job's problems up front (run_problems)")
+        slots = self.options.concurrency
+        if spec.job_budget is not None:  # a job budget's barrier waits for every problem
+            slots = max(slots, len(feed))
+        cpu0 = time.thread_time()
+        self.batcher.open_slots(slots)
+        with tuned_gc():
+            try:
+                await first_error([self._slot(feed, spec, on_result, failures) for _ in range(slots)])
+            finally:
+                self.counters.cpu_seconds += time.thread_time() - cpu0
+                self.counters.generator_batches = self.batcher.generator_batches
+                self.counters.prm_batches = self.batcher.scorer_batches
+        return self.counters
+
+    async def _slot(self, feed: ProblemFeed, spec: SearchSpec, on_result: OnResult | None,
+                    failures: FailureLimit | None) -> None:  # fmt: skip
+        while (lease := await self.batcher.take(feed)) is not None:
+            result, tree = await self.search(lease, lease.spec or spec)
+            self.counters.nodes += result.nodes
+            self.counters.failed += result.status == FAILED
+            if on_result is not None:
+                on_result(result, tree)
+            self.trees.close(result.id)
+            if failures is not None:
+                failures.count(result.status, result.error)
+
+    async def search(self, lease: Lease, spec: SearchSpec) -> tuple[ProblemResult, Tree]:
+        """One problem: its journal replayed first if it has one (afresh if the replay diverges,
+        e.g. under a wall-seconds budget)."""
+        if not lease.journal:
+            return await self._attempt(lease, spec, ())
+        self.counters.replayed += 1
         try:
-            if lease.store is not None:
-                if shared_search is None:
+            return await self._attempt(lease, spec, decode_journal(b"".join(lease.journal)))
+        except ReplayDiverged:
+            self.counters.replay_restarts += 1
+            self.trees.close(lease.problem.id)
+            return await self._attempt(lease, spec, ())
+
+    async def _attempt(
+        self, lease: Lease, spec: SearchSpec, replay: Sequence[Any]
+    ) -> tuple[ProblemResult, Tree]:
+        problem, jb = lease.problem, spec.job_budget
+        ctx = self._context(problem, spec, replay)
+        try:
+            if lease.shared is not None:
+                if spec.shared_search is None:
                     raise ValueError("this algorithm has no tree-parallel search")
-                await shared_search(ctx, lease.store)
-                ctx.tick()
-                return ProblemResult(problem.id, None, None, False, False, 0, ctx.ledger, status=PART), tree
-            if pool is None:
-                node = await search(ctx)
-            else:
-                node = await pooled_search(pool, ctx, lambda: search(ctx))
-            if ctx.settled is not None:  # stopped early: the settled chain is the answer
-                node = ctx.settled
-                ctx.ledger.early_stops = 1
-                unit = pool.unit if pool is not None else budget.unit()
-                ctx.ledger.budget_returned = max(0.0, guard.left(unit)) if unit is not None else 0.0
-            ctx.tick()
-            return evaluate(problem, task, tree, node, ctx.ledger), tree
+                await spec.shared_search(ctx, lease.shared)
+                ctx.client.update_wall_time()
+                return part(problem.id, ctx.ledger), ctx.tree
+            node = await (
+                spec.search(ctx) if jb is None else search_in_rounds(jb, ctx, lambda: spec.search(ctx))
+            )
+            node = self._answer(ctx, spec, node)
+            return evaluate(problem, spec.task, ctx.tree, node, ctx.ledger), ctx.tree
         except (BackendUnavailable, ReplayDiverged):
             raise
-        except Exception as e:  # this problem fails; the job goes on
-            ctx.tick()
-            return failed(problem, e, tree, ctx.ledger), tree
+        except Exception as e:  # this problem fails; the others go on
+            ctx.client.update_wall_time()
+            return failed(problem, e, ctx.tree, ctx.ledger), ctx.tree
         finally:
-            if pool is not None:
-                pool.finish(problem.id, guard.spent.value(pool.unit))
+            if jb is not None:
+                jb.finish(problem.id, ctx.guard.spent.value(jb.unit))
 
-    async def run_one(lease: Lease) -> None:
-        if lease.journal:
-            counters.replayed += 1
-            try:
-                result, tree = await attempt(lease, lease.journal)
-            except ReplayDiverged:  # e.g. a wall-seconds budget: start the problem afresh
-                counters.replay_restarts += 1
-                store.close(lease.problem.id)
-                result, tree = await attempt(lease, ())
-        else:
-            result, tree = await attempt(lease, ())
-        counters.nodes += result.nodes
+    def _context(self, problem: Problem, spec: SearchSpec, replay: Sequence[Any]) -> SearchContext:
+        guard = BudgetGuard(spec.budget)
+        if spec.job_budget is not None:
+            guard.set_limit(spec.job_budget.unit, spec.job_budget.first_round(problem.id))
+        prompt_ids = self.tokenize(problem.prompt)
+        tree, record = self.trees.open(problem.id, problem.prompt, prompt_ids, self.options.record, guard)
+        journal = Journal(problem.id, record, replay)
+        client = MeteredClient(problem.id, guard, self.cost, journal, self.batcher, spec.task.step_delimiter,
+                               spec.max_step_tokens)  # fmt: skip
+        chains = ChainMemo(tree, self.counter, problem.data.get("question") or problem.prompt, problem.prompt)
+        step = StepCost(spec.step_tokens, spec.max_step_tokens, len(prompt_ids), spec.depth, spec.head_tokens)
+        return SearchContext(problem, spec.task, tree, client, chains, step, spec.stop)
+
+    @staticmethod
+    def _answer(ctx: SearchContext, spec: SearchSpec, node: int | None) -> int | None:
+        """The search's answer: the one its stop rule ended it with (what was left of the budget
+        booked as returned), else the algorithm's."""
+        if ctx.stopped_with is not None:
+            node = ctx.stopped_with
+            ctx.ledger.early_stops = 1
+            unit = spec.job_budget.unit if spec.job_budget is not None else spec.budget.unit()
+            ctx.ledger.budget_returned = max(0.0, ctx.guard.left(unit)) if unit is not None else 0.0
+        ctx.client.update_wall_time()
+        return node
+
+
+async def run_problems(
+    problems: Sequence[Problem], spec: SearchSpec, generator: Generator, scorer: Scorer,
+    options: EngineOptions = EngineOptions(), on_result: OnResult | None = None,
+    failures: FailureLimit | None = None,
+) -> tuple[list[ProblemResult], Ledger, EngineCounters]:  # fmt: skip
+    """Searches every problem of a list: their results in list order, the job's ledger and the
+    engine's counters (``budget.scope: job``: the problems share one :class:`JobBudget`)."""
+    if spec.budget.scope == "job":
+        spec = dataclasses.replace(spec, job_budget=JobBudget(spec.budget, [p.id for p in problems]))
+    results: list[ProblemResult] = []
+
+    def done(result: ProblemResult, tree: Tree) -> None:
         results.append(result)
         if on_result is not None:
             on_result(result, tree)
-        store.close(result.id)
-        if result.status == FAILED:
-            counters.failed += 1
-            if max_failures is not None and counters.failed > max_failures:
-                raise JobFailed(
-                    f"{counters.failed} problems failed (more than {max_failures}); last: {result.error}"
-                )
 
-    async def slot() -> None:
-        # A slot takes its next problem without yielding to the event loop when one is
-        # there, so the batcher's count of running searches stays exact between problems.
-        try:
-            while True:
-                lease = feed.take()
-                if lease is None:
-                    if feed.closed:
-                        return
-                    batcher.park()
-                    lease = await feed.wait()
-                    if lease is None:
-                        batcher.active += 1  # balanced by the finally below
-                        return
-                    batcher.unpark()
-                await run_one(lease)
-        finally:
-            batcher.search_finished()
-
-    batcher.active = concurrency
-    slots = [asyncio.ensure_future(slot()) for _ in range(concurrency)]
-    try:
-        done, _ = await asyncio.wait(slots, return_when=asyncio.FIRST_EXCEPTION)
-        for t in done:
-            if t.exception() is not None:
-                raise t.exception()  # a job-level failure: the other searches are cancelled
-    finally:
-        for t in slots:
-            t.cancel()
-        counters.generator_batches = batcher.generator_batches
-        counters.prm_batches = batcher.scorer_batches
-        counters.cpu_seconds = time.thread_time() - cpu0
-        gc.set_threshold(*thresholds)
-    job = Ledger()
+    started = time.perf_counter()
+    counters = await Engine(generator, scorer, options).run(
+        ProblemFeed(problems, closed=True), spec, done, failures
+    )
+    order = {p.id: i for i, p in enumerate(problems)}
+    results.sort(key=lambda r: order[r.id])
+    ledger = Ledger()
     for r in results:
-        job.add(r.ledger)
-    job.wall_seconds = time.perf_counter() - started
-    if order:
-        results.sort(key=lambda r: order[r.id])
-    return results, job, counters
+        ledger.add(r.ledger)
+    ledger.wall_seconds = time.perf_counter() - started
+    return results, ledger, counters

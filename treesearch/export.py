@@ -31,7 +31,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from treesearch.config import ConfigError
+from treesearch.errors import ConfigError
 from treesearch.policies import uct_value
 from treesearch.tree import NO_PARENT, STATUS_NAMES, Tree
 

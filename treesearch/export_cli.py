@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from treesearch.config import ConfigError
+from treesearch.errors import ConfigError
 from treesearch.export import to_dot, to_graphml
 from treesearch.progress import is_running
 from treesearch.safeio import read_tree_file

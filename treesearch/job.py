@@ -1,49 +1,67 @@
-"""One place that assembles a job.
+"""A job, resolved: what is searched and how, checked once before anything starts.
 
-``resolve(cfg) -> Job`` validates a config once, before anything starts: the algorithm and
-every option of it, the task and its problems, each backend against the task (model dirs,
-tokenizers, PRM formats the vocabulary can express), the verifier's checks. What it loads on
-the way (the generator's tokenizer, the PRM's) is kept on the :class:`Job`.
+``resolve(cfg) -> Job`` types the tagged sections (``algorithm``, ``generator``, ``prm``:
+:func:`typed_sections`), then checks what the config needs of the world: the task and its
+problems, each backend against the task (model dirs, tokenizers, PRM formats the vocabulary
+can express), the verifier's checks. What it loads on the way (the generator's tokenizer, the
+PRM's) is kept on the :class:`Job`. A Job is data: it starts nothing.
 
-Transports are built from a Job: :func:`local_backends` in this process (deterministic
-backends), or replica pools on Ray (``actors.driver``); :func:`engine_scorer` adds what always
-runs beside the engine (Monte-Carlo rollouts, the task checks a verifier multiplies in).
+:func:`transports` builds the pair of transports the engine talks to for a job, wherever it
+runs: the generator (in this process, or a client of replicas) and the scorer (the PRM in this
+process or a client of replicas, times the task checks the config multiplies in). Every plane
+uses it (:mod:`treesearch.plane`, :mod:`actors.plane`, :mod:`actors.search_worker`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 from treesearch import verifiers
-from treesearch.algorithms import ALGORITHMS, Algorithm
-from treesearch.backends import GENERATORS, PRMS, Backend, WorkerEnv, of
+from treesearch.algorithms import Algorithm, parse_algorithm
+from treesearch.backends import GENERATORS, PRMS, Backend, WorkerEnv, backend_of, parse_section
 from treesearch.backends.hf import PromptTokenizer
-from treesearch.budget import Ledger
-from treesearch.config import ConfigError, JobConfig
-from treesearch.engine import (
-    EngineCounters,
-    ProblemFeed,
-    ProblemResult,
-    SearchFn,
-    SharedSearchFn,
-    run_problems,
-)
+from treesearch.config import JobConfig
+from treesearch.engine import SearchSpec, make_spec
+from treesearch.errors import ConfigError
+from treesearch.models import with_embedded_model
 from treesearch.protocol import Generator, Scorer, TokenCounter
+from treesearch.sections import GeneratorConfig, PRMConfig
 from treesearch.tasks.base import Problem, Task
 from treesearch.tasks.registry import make_task
 
 
+@dataclass(frozen=True)
+class Sections:
+    """A config's tagged sections, typed (the embedded models filled in for game24)."""
+
+    algorithm: Algorithm
+    algorithm_config: Any
+    generator: GeneratorConfig
+    prm: PRMConfig
+
+
+def typed_sections(cfg: JobConfig) -> Sections:
+    """Types ``algorithm``, ``generator`` and ``prm``: every key known, every value in range
+    (a ConfigError names the field). Needs nothing but the config (``submit`` checks a job
+    this way before it reaches the cluster that holds its models)."""
+    algorithm, options = parse_algorithm(cfg.algorithm)
+    generator = with_embedded_model(cfg.task.name, parse_section(GeneratorConfig, cfg.generator, "generator"))
+    prm = with_embedded_model(cfg.task.name, parse_section(PRMConfig, cfg.prm, "prm"))
+    return Sections(algorithm, options, generator, prm)
+
+
 @dataclass
 class Job:
-    """A validated job.
+    """A validated job (see module docstring).
 
     Attributes:
-      cfg: the resolved config.
+      cfg: the config as loaded.
       task, problems: what is searched (``run.limit`` applied).
       algorithm, algorithm_config: the search and its typed options.
-      generator, prm: the registered backends the config selects.
+      generator_config, prm_config: the typed ``generator:`` / ``prm:`` sections.
+      generator_backend, prm_backend: the registered backends they select.
       tokenizer: the generator's prompt tokenizer (``encode(text) -> ids``), engine side.
       prm_loaded: what the PRM backend's check loaded (its tokenizer), for its token counter.
     """
@@ -53,79 +71,74 @@ class Job:
     problems: list[Problem]
     algorithm: Algorithm
     algorithm_config: Any
-    generator: Backend
-    prm: Backend
-    tokenizer: Any
+    generator_config: GeneratorConfig
+    prm_config: PRMConfig
+    generator_backend: Backend
+    prm_backend: Backend
+    tokenizer: Any = None
     prm_loaded: Any = None
 
-    def search(self) -> SearchFn:
-        run, options = self.algorithm.run, self.algorithm_config
+    @property
+    def sections(self) -> Sections:
+        return Sections(self.algorithm, self.algorithm_config, self.generator_config, self.prm_config)
+
+    @property
+    def max_step_tokens(self) -> int:
+        return self.generator_config.max_step_tokens
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config: every section typed, with its defaults (``config.yaml``)."""
+        return {
+            **self.cfg.to_dict(),
+            "algorithm": {"name": self.algorithm.name, **dataclasses.asdict(self.algorithm_config)},
+            "generator": dataclasses.asdict(self.generator_config),
+            "prm": dataclasses.asdict(self.prm_config),
+        }
+
+    def spec(self, generator: Generator) -> SearchSpec:
+        """How the engine searches this job's problems, measured in ``generator``'s tokens."""
+        run, shared, options = self.algorithm.run, self.algorithm.shared, self.algorithm_config
 
         async def search(ctx: Any) -> int | None:
             return await run(ctx, options)
 
-        return search
+        async def shared_search(ctx: Any, tree: Any) -> None:
+            await shared(ctx, options, tree)  # type: ignore[misc]
 
-    def shared_search(self) -> SharedSearchFn | None:
-        """One worker's part of a tree-parallel search, if the algorithm has one."""
-        shared, options = self.algorithm.shared, self.algorithm_config
-        if shared is None:
-            return None
-
-        async def search(ctx: Any, store: Any) -> None:
-            await shared(ctx, options, store)
-
-        return search
-
-    async def run(
-        self, problems: Sequence[Problem] | ProblemFeed, generator: Generator, scorer: Scorer, **options: Any
-    ) -> tuple[list[ProblemResult], Ledger, EngineCounters]:
-        """:func:`treesearch.engine.run_problems` with this job's task, search, budget, step cap
-        and concurrency; ``options`` add to or override them (``on_result``, ``store``, ...)."""
-        cfg = self.cfg
-        options.setdefault("concurrency", cfg.run.concurrency)
-        options.setdefault("shared_search", self.shared_search())
-        return await run_problems(
-            problems, self.task, self.search(), generator, scorer, cfg.budget, cfg.generator.max_step_tokens,
-            **options,
-        )  # fmt: skip
+        return make_spec(self.task, search, generator, self.cfg.budget, self.max_step_tokens,
+                         shared_search if shared is not None else None)  # fmt: skip
 
     def counter(self) -> TokenCounter:
         """The PRM's token counter, for a PRM that runs in replicas."""
-        if self.prm.counter is None:
-            raise ConfigError(f"prm.backend: {self.prm.name} cannot run in replicas")
-        return self.prm.counter(self.cfg.prm, self.task, self.prm_loaded)
+        if self.prm_backend.counter is None:
+            raise ConfigError(f"prm.backend: {self.prm_backend.name} cannot run in replicas")
+        return self.prm_backend.counter(self.prm_config, self.task, self.prm_loaded)
 
     def worker_env(self, replica: int = -1, generator: Any = None) -> WorkerEnv:
+        cfg = self.cfg
         return WorkerEnv(
-            replica,
-            self.cfg.run.seed,
-            self.task,
-            tuple(self.problems),
-            generator,
-            self.cfg.generator.max_step_tokens,
+            replica, cfg.run.seed, self.task, tuple(self.problems), generator, self.max_step_tokens
         )
 
     @property
     def verifier(self) -> tuple[str, bool]:
         """``(label, is_oracle)``, e.g. ``("math_shepherd x rule", False)``."""
-        return verifiers.describe(self.cfg.prm, self.prm.oracle(self.cfg.prm))
+        return verifiers.describe(self.prm_config, self.prm_backend.oracle(self.prm_config))
 
 
-def resolve(cfg: JobConfig) -> Job:
-    """Validates ``cfg`` (see module docstring); every failure is a ConfigError naming its field."""
-    name = cfg.algorithm.get("name")
-    if name not in ALGORITHMS:
-        raise ConfigError(f"algorithm.name: {name!r} is not one of {sorted(ALGORITHMS)}")
-    algorithm_config = cfg.algorithm_config()
-    generator, prm = of(cfg.generator), of(cfg.prm)
-    tokenizer = generator.tokenizer(cfg.generator) if generator.tokenizer else None
+def resolve(cfg: JobConfig, sections: Sections | None = None) -> Job:
+    """Validates ``cfg`` (see module docstring); every failure is a ConfigError naming its field.
+    ``sections``: its tagged sections typed already (a search worker gets them from the driver,
+    so a backend registered outside ``treesearch`` is found by unpickling its config)."""
+    sections = sections if sections is not None else typed_sections(cfg)
+    generator, prm = backend_of(sections.generator), backend_of(sections.prm)
+    tokenizer = generator.tokenizer(sections.generator) if generator.tokenizer else None
     task = make_task(cfg, tokenizer.tokenizer if isinstance(tokenizer, PromptTokenizer) else None)
     if generator.check is not None:
-        generator.check(cfg.generator, task)
-    prm_loaded = prm.check(cfg.prm, task) if prm.check is not None else None
+        generator.check(sections.generator, task)
+    prm_loaded = prm.check(sections.prm, task) if prm.check is not None else None
     try:
-        verifiers.check_checks(task, cfg.prm.checks)
+        verifiers.check_checks(task, sections.prm.checks)
     except ValueError as e:
         raise ConfigError(f"prm.checks: {e}") from e
     try:  # a missing / empty dataset or a wrong field mapping fails here, before anything starts
@@ -136,33 +149,33 @@ def resolve(cfg: JobConfig) -> Job:
         problems = problems[: cfg.run.limit]
     if not problems:
         raise ConfigError("task: the selected split holds no problems")
-    return Job(cfg, task, problems, ALGORITHMS[name], algorithm_config, generator, prm, tokenizer, prm_loaded)
+    return Job(cfg, task, problems, sections.algorithm, sections.algorithm_config, sections.generator,
+               sections.prm, generator, prm, tokenizer, prm_loaded)  # fmt: skip
 
 
-def local_backends(job: Job) -> tuple[Generator, Scorer]:
-    """The job's backends in this process (``--in-process``, search workers that host them)."""
-    if not job.generator.in_process:
-        local = sorted(n for n, b in GENERATORS.items() if b.in_process)
-        raise ConfigError(
-            f"generator.backend: {job.generator.name!r} is not an in-process backend ({', '.join(local)})"
-        )
-    if not (job.prm.in_process or job.prm.engine_side):
-        local = sorted(n for n, b in PRMS.items() if b.in_process or b.engine_side)
-        raise ConfigError(f"prm.backend: {job.prm.name!r} is not an in-process backend ({', '.join(local)})")
-    generator = job.generator.worker(job.cfg.generator, job.worker_env())
-    return generator, engine_scorer(job, generator)
-
-
-def engine_scorer(job: Job, generator: Generator, replicas: Scorer | None = None) -> Scorer:
-    """The scorer the engine talks to: the PRM replicas' transport (``replicas``), or the PRM
-    in this process, times the task checks the config multiplies in."""
-    if replicas is not None:
-        scorer = replicas
-    elif job.prm.engine_side or job.prm.in_process:
-        scorer = job.prm.worker(job.cfg.prm, job.worker_env(generator=generator))
-    else:
-        raise ConfigError(f"prm.backend: {job.prm.name!r} runs in replicas (Ray), not in this process")
+def transports(
+    job: Job, generator: Generator | None = None, replicas: Scorer | None = None
+) -> tuple[Generator, Scorer]:
+    """The job's transports for the engine: ``generator`` (a client of generator replicas), else
+    the generator in this process; ``replicas`` (a client of PRM replicas), else the PRM in this
+    process; times the task checks the config multiplies in."""
+    if generator is None:
+        if not job.generator_backend.in_process:
+            local = sorted(n for n, b in GENERATORS.items() if b.in_process)
+            raise ConfigError(
+                f"generator.backend: {job.generator_backend.name!r} is not an in-process backend "
+                f"({', '.join(local)})"
+            )
+        generator = job.generator_backend.worker(job.generator_config, job.worker_env())
+    scorer = replicas
+    if scorer is None:
+        if not (job.prm_backend.engine_side or job.prm_backend.in_process):
+            local = sorted(n for n, b in PRMS.items() if b.in_process or b.engine_side)
+            raise ConfigError(
+                f"prm.backend: {job.prm_backend.name!r} is not an in-process backend ({', '.join(local)})"
+            )
+        scorer = job.prm_backend.worker(job.prm_config, job.worker_env(generator=generator))
     try:
-        return verifiers.compose(scorer, job.task, job.cfg.prm.checks, job.problems)
+        return generator, verifiers.compose(scorer, job.task, job.prm_config.checks, job.problems)
     except ValueError as e:
         raise ConfigError(f"prm.checks: {e}") from e

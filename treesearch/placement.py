@@ -3,7 +3,7 @@
 Each replica asks, per ``resources`` section, ``num_cpus`` CPUs, ``num_gpus`` GPUs (a fraction
 shares one GPU: two pools at 0.5 each fit on one) and ``custom`` resources; a replica of
 ``tensor_parallel_size`` ranks asks one bundle ``{GPU: max(num_gpus, 1), CPU: 1}`` per rank,
-all on one node (Ray's STRICT_PACK placement group, :func:`actors.driver.actor_options`).
+all on one node (Ray's STRICT_PACK placement group, :func:`actors.replicas.actor_options`).
 :func:`plan` places them the way Ray's scheduler packs them (fractions onto the first GPU they
 fit, whole GPUs on one node) and raises :class:`PlacementError` with what was asked and what
 is free when they cannot fit. ``benchmarks/gpu_check.py --dry-run`` prints plans; the tests
@@ -113,16 +113,16 @@ def place(pool: str, replicas: int, res: Any, ranks: int, nodes: Sequence[Node])
     return slots
 
 
-def plan(cfg: Any, nodes: Sequence[Node]) -> list[Slot]:
-    """Every replica of a job config's two pools, placed (a PRM that runs beside the engine,
-    as Monte-Carlo rollouts do, has no replicas)."""
-    from treesearch.backends import of
+def plan(sections: Any, nodes: Sequence[Node]) -> list[Slot]:
+    """Every replica of a job's two pools (``sections``: its typed sections,
+    :func:`treesearch.job.typed_sections`), placed (a PRM that runs beside the engine, as
+    Monte-Carlo rollouts do, has no replicas)."""
+    from treesearch.backends import backend_of
 
-    slots = place(
-        "generator", cfg.generator.resources.replicas, cfg.generator.resources, cfg.generator.ranks, nodes
-    )
-    if not of(cfg.prm).engine_side:
-        slots += place("prm", cfg.prm.resources.replicas, cfg.prm.resources, 1, nodes)
+    gen, prm = sections.generator, sections.prm
+    slots = place("generator", gen.resources.replicas, gen.resources, gen.ranks, nodes)
+    if not backend_of(prm).engine_side:
+        slots += place("prm", prm.resources.replicas, prm.resources, 1, nodes)
     return slots
 
 

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from treesearch.config import ConfigError
+from treesearch.errors import ConfigError
 from treesearch.safeio import read_json
 
 WINDOW_S = 60.0  # seconds of finished problems the rates and the ETA are taken over

@@ -35,23 +35,28 @@ def _by_algorithm(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
     return out
 
 
-def plot(rows: list[dict[str, Any]], out: Path, title: str = "") -> list[Path]:
-    """Writes the four PNGs into ``out``; returns their paths."""
-    import matplotlib
+class _Figures:
+    """The four figures of a comparison, one method each (:func:`plot`)."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def __init__(self, rows: list[dict[str, Any]], out: Path, title: str):
+        import matplotlib
 
-    pooled = pool_seeds(rows)
-    groups = _by_algorithm(pooled)
-    unit = pooled[0]["budget_unit"] if pooled else "budget"
-    colors = {a: f"C{i}" for i, a in enumerate(groups)}
-    paths = []
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        self.plt, self.out, self.title = plt, out, title
+        self.pooled = pool_seeds(rows)
+        self.groups = _by_algorithm(self.pooled)
+        self.unit = self.pooled[0]["budget_unit"] if self.pooled else "budget"
+        self.colors = {a: f"C{i}" for i, a in enumerate(self.groups)}
+        self.paths: list[Path] = []
 
     def finish(
-        fig: Any, ax: Any, name: str, xlabel: str, ylabel: str, title: str, square: bool, ncol: int = 1
+        self, fig: Any, ax: Any, name: str, labels: tuple[str, str, str], square: bool, ncol: int = 1
     ) -> None:
-        """Labels, legend and grid, then saves; ``square``: both axes are fractions in [0, 1]."""
+        """Labels (x, y, title), legend and grid, then saves; ``square``: both axes are
+        fractions in [0, 1]."""
+        xlabel, ylabel, title = labels
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         if square:
@@ -61,82 +66,78 @@ def plot(rows: list[dict[str, Any]], out: Path, title: str = "") -> list[Path]:
         ax.legend(fontsize=7, ncol=ncol)
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
-        paths.append(out / name)
+        fig.savefig(self.out / name, dpi=110)
+        self.plt.close(fig)
+        self.paths.append(self.out / name)
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for algo, rs in groups.items():
-        x = [r["realised_mean"] for r in rs]
-        y = [r["accuracy"] for r in rs]
-        err = [[r["accuracy"] - r["accuracy_lo"] for r in rs], [r["accuracy_hi"] - r["accuracy"] for r in rs]]
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=colors[algo], label=f"{algo} accuracy")
-        ax.plot(x, [r["coverage"] for r in rs], "--", marker="x", color=colors[algo], alpha=0.6,
-                label=f"{algo} coverage")  # fmt: skip
-    front = sorted((r for r in pooled if r.get("frontier")), key=lambda r: r["realised_mean"])
-    if front:  # the accuracy-vs-compute frontier (treesearch.compare.mark_frontier)
-        ax.step([r["realised_mean"] for r in front], [r["accuracy"] for r in front], where="post",
-                color="black", lw=1, alpha=0.7, label="frontier")  # fmt: skip
-    ax.set_xscale("log")
-    ax.set_ylim(0, 1.02)
-    finish(
-        fig,
-        ax,
-        FIGURES[0][0],
-        f"realised {unit} per problem (log)",
-        "fraction of problems",
-        f"Accuracy (95% CI) and coverage vs compute{title}",
-        square=False,
-        ncol=2,
-    )
+    def accuracy_vs_compute(self) -> None:
+        fig, ax = self.plt.subplots(figsize=(6.4, 4.4))
+        for algo, rs in self.groups.items():
+            x, y, c = [r["realised_mean"] for r in rs], [r["accuracy"] for r in rs], self.colors[algo]
+            err = [
+                [r["accuracy"] - r["accuracy_lo"] for r in rs],
+                [r["accuracy_hi"] - r["accuracy"] for r in rs],
+            ]
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=c, label=f"{algo} accuracy")
+            ax.plot(
+                x, [r["coverage"] for r in rs], "--", marker="x", color=c, alpha=0.6, label=f"{algo} coverage"
+            )
+        front = sorted((r for r in self.pooled if r.get("frontier")), key=lambda r: r["realised_mean"])
+        if front:  # the accuracy-vs-compute frontier (treesearch.compare.mark_frontier)
+            ax.step([r["realised_mean"] for r in front], [r["accuracy"] for r in front], where="post",
+                    color="black", lw=1, alpha=0.7, label="frontier")  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_ylim(0, 1.02)
+        labels = (f"realised {self.unit} per problem (log)", "fraction of problems",
+                  f"Accuracy (95% CI) and coverage vs compute{self.title}")  # fmt: skip
+        self.finish(fig, ax, FIGURES[0][0], labels, square=False, ncol=2)
 
-    fig, ax = plt.subplots(figsize=(5.2, 4.6))
-    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, label="no selection gap")
-    for algo, rs in groups.items():
-        ax.scatter([r["coverage"] for r in rs], [r["accuracy"] for r in rs], color=colors[algo], label=algo)
-        for r in rs:
-            ax.annotate(f"{r['budget']:g}", (r["coverage"], r["accuracy"]), fontsize=6,
-                        xytext=(3, -8), textcoords="offset points")  # fmt: skip
-    finish(
-        fig,
-        ax,
-        FIGURES[1][0],
-        "coverage (a correct chain exists in the tree)",
-        "accuracy (the chosen answer is correct)",
-        "Coverage vs accuracy (labels: budget)",
-        square=True,
-    )
+    def coverage_vs_accuracy(self) -> None:
+        fig, ax = self.plt.subplots(figsize=(5.2, 4.6))
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.8, label="no selection gap")
+        for algo, rs in self.groups.items():
+            ax.scatter(
+                [r["coverage"] for r in rs], [r["accuracy"] for r in rs], color=self.colors[algo], label=algo
+            )
+            for r in rs:
+                ax.annotate(f"{r['budget']:g}", (r["coverage"], r["accuracy"]), fontsize=6,
+                            xytext=(3, -8), textcoords="offset points")  # fmt: skip
+        labels = ("coverage (a correct chain exists in the tree)", "accuracy (the chosen answer is correct)",
+                  "Coverage vs accuracy (labels: budget)")  # fmt: skip
+        self.finish(fig, ax, FIGURES[1][0], labels, square=True)
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for algo, rs in groups.items():
-        ax.plot([r["budget"] for r in rs], [r["accuracy_per_1k_tokens"] for r in rs], marker="o",
-                color=colors[algo], label=algo)  # fmt: skip
-    ax.set_xscale("log")
-    finish(
-        fig,
-        ax,
-        FIGURES[2][0],
-        f"budget ({unit} per problem, log)",
-        "accuracy per 1k tokens (policy + PRM)",
-        "Token efficiency",
-        square=False,
-    )
+    def token_efficiency(self) -> None:
+        fig, ax = self.plt.subplots(figsize=(6.4, 4.2))
+        for algo, rs in self.groups.items():
+            ax.plot([r["budget"] for r in rs], [r["accuracy_per_1k_tokens"] for r in rs], marker="o",
+                    color=self.colors[algo], label=algo)  # fmt: skip
+        ax.set_xscale("log")
+        labels = (f"budget ({self.unit} per problem, log)", "accuracy per 1k tokens (policy + PRM)",
+                  "Token efficiency")  # fmt: skip
+        self.finish(fig, ax, FIGURES[2][0], labels, square=False)
 
-    fig, ax = plt.subplots(figsize=(5.2, 4.6))
-    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, label="calibrated")
-    for algo, rs in groups.items():
-        ax.scatter([r["chosen_score_mean"] for r in rs], [r["accuracy"] for r in rs], color=colors[algo],
-                   label=algo)  # fmt: skip
-    finish(
-        fig,
-        ax,
-        FIGURES[3][0],
-        "mean verifier score of the chosen answer",
-        "true accuracy",
-        "Verifier score vs true accuracy",
-        square=True,
-    )
-    return paths
+    def calibration(self) -> None:
+        fig, ax = self.plt.subplots(figsize=(5.2, 4.6))
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.8, label="calibrated")
+        for algo, rs in self.groups.items():
+            x, y = [r["chosen_score_mean"] for r in rs], [r["accuracy"] for r in rs]
+            ax.scatter(x, y, color=self.colors[algo], label=algo)
+        labels = (
+            "mean verifier score of the chosen answer",
+            "true accuracy",
+            "Verifier score vs true accuracy",
+        )
+        self.finish(fig, ax, FIGURES[3][0], labels, square=True)
+
+
+def plot(rows: list[dict[str, Any]], out: Path, title: str = "") -> list[Path]:
+    """Writes the four PNGs into ``out``; returns their paths."""
+    figures = _Figures(rows, out, title)
+    figures.accuracy_vs_compute()
+    figures.coverage_vs_accuracy()
+    figures.token_efficiency()
+    figures.calibration()
+    return figures.paths
 
 
 def _table(rows: list[dict[str, Any]]) -> str:

@@ -25,7 +25,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from treesearch.config import ConfigError, JobConfig
+from treesearch.errors import ConfigError
 from treesearch.safeio import MAX_ROW_BYTES, iter_rows, read_json, read_yaml
 
 # Fields that change how a run executes, not what it computes.
@@ -36,8 +36,9 @@ OPERATIONAL = {
 }
 
 
-def config_hash(cfg: JobConfig) -> str:
-    d = cfg.to_dict()
+def config_hash(resolved: dict[str, Any]) -> str:
+    """The hash of a resolved config (``Job.to_dict()``) without its operational fields."""
+    d = json.loads(json.dumps(resolved, default=str))  # a deep copy
     for section, keys in OPERATIONAL.items():
         for k in keys:
             d[section].pop(k, None)
@@ -56,11 +57,13 @@ def _diff(a: Any, b: Any, path: str = "") -> list[str]:
 class RunDir:
     """Writes (and, with ``resume``, continues) a run directory."""
 
-    def __init__(self, out: Path, cfg: JobConfig, resume: bool = False):
-        self.out, self.save_trees = out, cfg.run.save_trees
+    def __init__(self, out: Path, job: Any, resume: bool = False):
+        """``job``: a :class:`treesearch.job.Job` (its resolved config is recorded)."""
+        resolved = job.to_dict()
+        self.out, self.save_trees = out, job.cfg.run.save_trees
         if out.exists() and not out.is_dir():
             raise ConfigError(f"--out {out}: exists and is not a directory")
-        self.hash = config_hash(cfg)
+        self.hash = config_hash(resolved)
         meta_path = out / "run.json"
         existing = meta_path.is_file() or (out / "results.jsonl").is_file()
         if existing and not resume:
@@ -74,9 +77,7 @@ class RunDir:
             _check_meta(self.meta, meta_path)
             if self.meta["config_hash"] != self.hash:
                 old = read_yaml(out / "config.yaml") if (out / "config.yaml").is_file() else {}
-                changed = [
-                    p for p in _diff(old, cfg.to_dict()) if p.split(".")[-1] not in _operational_keys()
-                ]
+                changed = [p for p in _diff(old, resolved) if p.split(".")[-1] not in _operational_keys()]
                 raise ConfigError(
                     f"cannot resume {out}: its config differs in {', '.join(changed) or 'its hash'} "
                     f"(run {self.meta['config_hash']}, now {self.hash})"
@@ -84,7 +85,7 @@ class RunDir:
             self.finished = self._read_finished()
         try:
             out.mkdir(parents=True, exist_ok=True)
-            (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
             if self.save_trees:
                 (out / "trees").mkdir(exist_ok=True)
         except OSError as e:

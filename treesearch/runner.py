@@ -8,10 +8,9 @@ Output dir contract (later layers and users rely on it; see :mod:`treesearch.run
   summary.json     n_problems, failed, accuracy, coverage, algorithm, ledger (job totals), ...
   trees/<id>.msgpack   each problem's search tree (``Tree.from_msgpack``)
 
-Where the searches run is a :class:`SearchPlane`: the engine in this process
-(:class:`LocalPlane`) or search workers on Ray (``actors.fleet``). Either streams finished
-problems back as ``(row, tree bytes)``; the run dir, the progress line and the summary are
-written here and nowhere else.
+Where the searches run is a :class:`~treesearch.plane.Plane`, started by the caller; it
+streams finished problems back as ``(row, tree bytes)``, and the run dir, the progress line
+and the summary are written here and nowhere else. Nothing here knows of Ray.
 """
 
 from __future__ import annotations
@@ -23,59 +22,21 @@ import json
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import yaml
 
 from treesearch.budget import BUDGET_UNITS, Ledger
-from treesearch.config import ConfigError, JobConfig
-from treesearch.engine import FAILED, ProblemResult
-from treesearch.job import Job, engine_scorer, local_backends, resolve
+from treesearch.errors import ConfigError
+from treesearch.job import Job
+from treesearch.plane import Plane
 from treesearch.progress import Progress, ticking
-from treesearch.protocol import Generator, Scorer
+from treesearch.results import FAILED, FailureLimit
 from treesearch.rundir import RunDir
 from treesearch.safeio import iter_rows
 from treesearch.storage import is_uri, read_text
-from treesearch.tasks.base import Problem
-from treesearch.tree import Tree
-
-# (results row, tree msgpack bytes or None)
-OnResult = Callable[[dict[str, Any], bytes | None], None]
-
-
-class SearchPlane(Protocol):
-    """Where a job's searches run; streams each finished problem to ``on_result``."""
-
-    async def run(
-        self, problems: Sequence[Problem], on_result: OnResult, max_failures: int
-    ) -> dict[str, Any]:
-        """Searches every problem once; returns counters for the summary."""
-        ...
-
-
-class LocalPlane:
-    """The engine in this process, over the given transports."""
-
-    def __init__(self, job: Job, generator: Generator, scorer: Scorer, save_trees: bool = True):
-        self.job, self.generator, self.scorer, self.save_trees = job, generator, scorer, save_trees
-
-    async def run(
-        self, problems: Sequence[Problem], on_result: OnResult, max_failures: int
-    ) -> dict[str, Any]:
-        def done(result: ProblemResult, tree: Tree) -> None:
-            on_result(result.to_json(), tree.to_msgpack() if self.save_trees else None)
-
-        _, _, counters = await self.job.run(
-            list(problems), self.generator, self.scorer, on_result=done, max_failures=max_failures
-        )
-        return counters.to_dict()
-
-
-def max_failures(cfg: JobConfig, n_problems: int) -> int:
-    """Failed problems a job tolerates before it stops (``run.max_failed_fraction``, >= 2)."""
-    return max(2, int(cfg.run.max_failed_fraction * n_problems))
 
 
 def tally(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -115,7 +76,7 @@ def summarize(
     verifier, oracle = job.verifier
     return {
         **totals,
-        "algorithm": cfg.algorithm["name"],
+        "algorithm": job.algorithm.name,
         "task": cfg.task.name,
         "split": cfg.task.split,
         "seed": cfg.run.seed,
@@ -127,59 +88,34 @@ def summarize(
 
 
 def run_job(
-    cfg: JobConfig | Job,
-    out: Path,
-    generator: Generator | None = None,
-    scorer: Scorer | None = None,
-    progress: bool = True,
-    resume: bool = False,
-    retry_failed: bool = False,
-    plane: SearchPlane | None = None,
-    extra: Callable[[], dict[str, Any]] | None = None,
-    load: Callable[[], dict[str, list[dict[str, Any]]]] | None = None,
+    job: Job, out: Path, plane: Plane, progress: bool = True, resume: bool = False, retry_failed: bool = False
 ) -> dict[str, Any]:
-    """Runs a job into ``out``; returns the summary.
+    """Runs ``job`` on ``plane`` into ``out``; returns the summary.
 
-    The searches run on ``plane`` if given, else in this process over ``generator`` /
-    ``scorer`` (replica transports), else over the job's in-process backends. With ``resume``,
-    problems already in ``out/results.jsonl`` are skipped (see :mod:`treesearch.rundir`);
-    ``retry_failed`` re-runs the ones that failed and nothing else. ``extra()`` adds figures
-    known once the searches are done (e.g. dispatch counters) to the summary. ``load()`` gives
-    the replicas' load for the progress line and ``status.json`` (runs on Ray).
+    With ``resume``, problems already in ``out/results.jsonl`` are skipped (see
+    :mod:`treesearch.rundir`); ``retry_failed`` re-runs the ones that failed and nothing else.
     """
-    job = cfg if isinstance(cfg, Job) else resolve(cfg)
-    if plane is None:
-        if generator is None:
-            generator, scorer = local_backends(job)
-        else:
-            scorer = engine_scorer(job, generator, scorer)
-        plane = LocalPlane(job, generator, scorer, job.cfg.run.save_trees)
-    rundir = RunDir(out, job.cfg, resume or retry_failed)
+    rundir = RunDir(out, job, resume or retry_failed)
     if retry_failed:
         todo = [p for p in job.problems if rundir.finished.get(p.id) == FAILED]
     else:
         todo = [p for p in job.problems if p.id not in rundir.finished]
     # status.json is written even when quiet: `treesearch status` reads it
     bar = Progress(len(job.problems), len(job.problems) - len(todo), sys.stderr if progress else None,
-                   rundir.out / "status.json", load=load)  # fmt: skip
+                   rundir.out / "status.json", load=plane.load)  # fmt: skip
 
-    def on_result(row: dict[str, Any], tree: bytes | None) -> None:
+    def on_row(row: dict[str, Any], tree: bytes | None) -> None:
         rundir.problem_done(row, tree)
         bar.update(row)
 
     started = time.perf_counter()
     counters: dict[str, Any] = {}
     if todo:
-        work = plane.run(todo, on_result, max_failures(job.cfg, len(job.problems)))
-        counters = asyncio.run(ticking(work, bar))
+        failures = FailureLimit.of(job.cfg.run.max_failed_fraction, len(job.problems))
+        counters = asyncio.run(ticking(plane.run(job, todo, on_row, failures), bar))
     session = time.perf_counter() - started
     rows = rundir.rows({p.id for p in job.problems})
-    meta = {
-        **counters,
-        **(extra() if extra else {}),
-        "sessions": len(rundir.meta["sessions"]),
-        "config_hash": rundir.hash,
-    }
+    meta = {**counters, "sessions": len(rundir.meta["sessions"]), "config_hash": rundir.hash}
     summary = summarize(job, rows, rundir.wall_seconds + session, meta)
     rundir.finish(summary, session)
     return summary
@@ -264,9 +200,6 @@ def results_text(out: str, state: str) -> str:
 
 
 __all__ = [
-    "ConfigError",
-    "LocalPlane",
-    "SearchPlane",
     "format_summary",
     "results_text",
     "run_job",

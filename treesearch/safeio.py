@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from treesearch.config import ConfigError
+from treesearch.errors import ConfigError
 
 MAX_JSON_BYTES = 64 << 20  # summary.json, run.json, config.yaml
 MAX_ROW_BYTES = 1 << 20  # one results.jsonl line

@@ -2,11 +2,11 @@
 2008, "Parallel Monte-Carlo Tree Search").
 
 When a job has fewer problems than search workers, the workers share each problem's tree
-through a :class:`SharedTree` (in a Ray actor: :class:`actors.tree_store.TreeStoreActor`). A
+through a :class:`SharedTree` (in a Ray actor: :class:`actors.shared_tree.SharedTreeActor`). A
 worker's round trip is two calls:
 
 1. ``select(problem, n)``: up to ``n`` leaves chosen by the MCTS policy, virtual loss added on
-   their paths so concurrent workers spread over branches; the store hands out simulations
+   their paths so concurrent workers spread over branches; simulations are handed out
    until the problem's ``simulations`` are used up. A terminal leaf is backed up right there
    (its value is its chain score). Each leaf comes with what the worker needs to expand it
    without the tree: its prefix token ids, its steps and a nonce (distinct samples each time a

@@ -28,12 +28,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 from treesearch.budget import BudgetGuard, ModelCost
+from treesearch.schema import Auto  # noqa: F401  (a shape field sized by the budget)
 
 UNLIMITED = math.inf
-Auto = Literal["auto"]  # a shape field sized by the budget
 # Of a budget-sized search's step samples, the share spent at the root (beam, MCTS): most
 # failures of a small policy are a first step from which the answer is out of reach (tuned on
 # Game of 24's dev split: 28 of 44 samples).

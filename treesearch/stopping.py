@@ -4,7 +4,7 @@ Best-of-N and tree searches spend their whole budget by default, whether the fir
 already solved the problem or not. Stopping early (Speculative Rejection, Sun et al., 2024;
 Dynasor, Fu et al., 2024, stop settled chains) returns that compute: to nobody with a
 per-problem budget (the ledger reports it), to the problems still open with a job-wide one
-(:mod:`treesearch.pool`).
+(:mod:`treesearch.job_budget`).
 
 Two rules (``budget.early_stop``):
 
@@ -37,20 +37,22 @@ class StopRule:
 
     __slots__ = ("_check", "mode", "score", "votes")
 
-    def __init__(self, budget: Budget, task: Task):
+    def __init__(self, budget: Budget | None, task: Task | None):
         check = getattr(task, "check_solution", None)
-        mode = budget.early_stop
+        mode = budget.early_stop if budget is not None else "never"
         if mode == "auto":
             mode = "verified" if check is not None else "never"
         if mode == "verified" and check is None:
-            raise ValueError(f"budget.early_stop verified: task {task.name} has no exact check of a solution")
-        self.mode, self.score, self.votes, self._check = mode, budget.stop_score, budget.stop_votes, check
+            name = getattr(task, "name", None)
+            raise ValueError(f"budget.early_stop verified: task {name} has no exact check of a solution")
+        self.mode, self._check = mode, check
+        self.score, self.votes = (budget.stop_score, budget.stop_votes) if budget is not None else (1.0, 0)
 
     def verified(self, problem: Problem, steps: Sequence[str]) -> bool:
         """A finished chain passes the task's check (``verified`` mode only)."""
         return self.mode == "verified" and bool(self._check(problem, steps))  # type: ignore[misc]
 
-    def settled(self, tree: Tree, terminals: Sequence[int]) -> int | None:
+    def threshold_answer(self, tree: Tree, terminals: Sequence[int]) -> int | None:
         """``threshold`` mode: the answer node once the scored finished chains ``terminals``
         (every one the tree has) meet the rule, else None."""
         if self.mode != "threshold":
@@ -69,3 +71,6 @@ class StopRule:
                 nodes = max(agreed, key=lambda ns: (len(ns), max(tree.prm_score[n] for n in ns)))
                 return max(nodes, key=lambda n: (tree.prm_score[n], -n))
         return None
+
+
+NEVER = StopRule(None, None)  # no early stop

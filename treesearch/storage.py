@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from treesearch.config import ConfigError
+from treesearch.errors import ConfigError
 
 
 def is_uri(out: str) -> bool:

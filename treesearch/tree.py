@@ -280,32 +280,7 @@ class Tree:
         """The inverse of :meth:`to_msgpack`. Bytes from anywhere are safe to give it: no
         declared length may exceed the data's own size (so nothing is allocated beyond it), and
         the tree's shape is checked; a bad file raises :class:`TreeFormatError`."""
-        n = len(data)
-        try:
-            payload = msgpack.unpackb(
-                data, raw=False, strict_map_key=False, max_str_len=n, max_bin_len=n,
-                max_array_len=n, max_map_len=n, max_ext_len=0,
-            )  # fmt: skip
-        except (ValueError, TypeError, UnicodeDecodeError, msgpack.ExtraData, msgpack.UnpackException) as e:
-            raise TreeFormatError(f"not msgpack ({type(e).__name__}: {str(e)[:100]})") from e
-        if not isinstance(payload, dict) or payload.get("version") != MSGPACK_VERSION:
-            version = payload.get("version") if isinstance(payload, dict) else None
-            raise TreeFormatError(f"unsupported tree msgpack version {version!r}")
-        arrays = payload.get("arrays")
-        if not isinstance(arrays, dict):
-            raise TreeFormatError("no scalar arrays")
-        d = {k: v for k, v in payload.items() if k not in ("version", "arrays")}
-        for name, code in _SCALAR_FIELDS:
-            raw = arrays.get(name)
-            a = array(code)
-            if not isinstance(raw, bytes) or len(raw) % a.itemsize:
-                raise TreeFormatError(f"array {name!r} is not {a.itemsize}-byte items")
-            a.frombytes(raw)
-            if _BIG_ENDIAN:
-                a.byteswap()
-            d[name] = a
-        _check_shape(d)
-        return cls.from_dict(d)
+        return cls.from_dict(_decode_msgpack(data))
 
     def to_json(self) -> str:
         """Versioned JSON form. NaN scores are written as null."""
@@ -326,6 +301,37 @@ class Tree:
 
 
 _BIG_ENDIAN = array("i", [1]).tobytes()[0] == 0
+
+
+def _decode_msgpack(data: bytes) -> dict[str, Any]:
+    """:meth:`Tree.to_msgpack` bytes as :meth:`Tree.from_dict` input, checked (see
+    :meth:`Tree.from_msgpack`)."""
+    n = len(data)
+    try:
+        payload = msgpack.unpackb(
+            data, raw=False, strict_map_key=False, max_str_len=n, max_bin_len=n,
+            max_array_len=n, max_map_len=n, max_ext_len=0,
+        )  # fmt: skip
+    except (ValueError, TypeError, UnicodeDecodeError, msgpack.ExtraData, msgpack.UnpackException) as e:
+        raise TreeFormatError(f"not msgpack ({type(e).__name__}: {str(e)[:100]})") from e
+    if not isinstance(payload, dict) or payload.get("version") != MSGPACK_VERSION:
+        version = payload.get("version") if isinstance(payload, dict) else None
+        raise TreeFormatError(f"unsupported tree msgpack version {version!r}")
+    arrays = payload.get("arrays")
+    if not isinstance(arrays, dict):
+        raise TreeFormatError("no scalar arrays")
+    d = {k: v for k, v in payload.items() if k not in ("version", "arrays")}
+    for name, code in _SCALAR_FIELDS:
+        raw = arrays.get(name)
+        a = array(code)
+        if not isinstance(raw, bytes) or len(raw) % a.itemsize:
+            raise TreeFormatError(f"array {name!r} is not {a.itemsize}-byte items")
+        a.frombytes(raw)
+        if _BIG_ENDIAN:
+            a.byteswap()
+        d[name] = a
+    _check_shape(d)
+    return d
 
 
 class TreeFormatError(ValueError):

@@ -13,6 +13,8 @@ from treesearch.algorithms.dvts import DVTSConfig, dvts
 from treesearch.algorithms.mcts import MCTSConfig, mcts, mcts_shared
 from treesearch.algorithms.tot_bfs import ToTBFSConfig, tot_bfs
 from treesearch.algorithms.tot_dfs import ToTDFSConfig, tot_dfs
+from treesearch.errors import ConfigError
+from treesearch.schema import build
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,19 @@ ALGORITHMS: dict[str, Algorithm] = {
     )
 }
 
+
+def parse_algorithm(section: dict[str, Any], where: str = "algorithm") -> tuple[Algorithm, Any]:
+    """An ``algorithm:`` mapping as its algorithm and typed options (``name`` picks them: a tagged
+    section); a ConfigError names the field."""
+    if not isinstance(section, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(section).__name__}")
+    params = dict(section)
+    name = params.pop("name", None)
+    if name not in ALGORITHMS:
+        raise ConfigError(f"{where}.name: {name!r} is not one of {sorted(ALGORITHMS)}")
+    return ALGORITHMS[name], build(ALGORITHMS[name].config, params, where, f"algorithm {name}")
+
+
 __all__ = [
     "ALGORITHMS",
     "AdaptiveConfig",
@@ -50,4 +65,5 @@ __all__ = [
     "MCTSConfig",
     "ToTBFSConfig",
     "ToTDFSConfig",
+    "parse_algorithm",
 ]

@@ -37,30 +37,28 @@ hard, with heads: 64.5 / 77.0 / 86.8%: the heads make the lead, the split adds l
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 from treesearch.algorithms.beam import BeamConfig, beam_search
 from treesearch.context import SearchContext
+from treesearch.schema import Auto, Flag, Float, Int, section
 from treesearch.selection import Aggregate, Selection
-from treesearch.sizing import ROOT_SHARE, Auto
+from treesearch.sizing import ROOT_SHARE
 from treesearch.tree import ROOT
 
 
-@dataclass
+@section
 class AdaptiveConfig:
-    probe: float = 0.5  # share of the root's samples drawn before judging difficulty (0, 1]
-    easy_score: float = 0.9  # best first-step PRM score from which a problem counts as easy
-    head_tokens: int | Auto = "auto"  # first steps drawn as heads this long, merged (0: whole)
-    dedup: bool = True  # the beam merges identical chains
+    probe: Float(gt=0, le=1) = 0.5  # share of the root's samples drawn before judging difficulty
+    # best first-step PRM score from which a problem counts as easy (above 1: none is)
+    easy_score: Float(ge=0, le=2) = 0.9
+    # first steps drawn as heads this long, identical heads merged (0: whole steps)
+    head_tokens: Int(ge=0, le=1_000_000) | Auto = "auto"
+    dedup: Flag = True  # the beam merges identical chains
     selection: Selection = "last"  # the beam's choice among finished chains
     aggregate: Aggregate = "last"  # the beam's chain score
 
 
 async def adaptive(ctx: SearchContext, cfg: AdaptiveConfig) -> int | None:
-    if not 0 < cfg.probe <= 1:
-        raise ValueError(f"adaptive probe must be in (0, 1], got {cfg.probe}")
-    if isinstance(cfg.head_tokens, int) and cfg.head_tokens < 0:
-        raise ValueError(f"adaptive head_tokens must be >= 0, got {cfg.head_tokens}")
     tree = ctx.tree
     a = ctx.allowance()
     share = min(ROOT_SHARE * a.samples, a.worst) if a.limited else 16

@@ -30,22 +30,21 @@ a pinned ``width`` or ``expansions``: ``width`` 4, ``expansions`` 4, ``root_expa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from treesearch.context import SearchContext
+from treesearch.schema import Auto, Count, Count0, Flag, section
 from treesearch.selection import Aggregate, Selection, chain_score, drop_duplicates, select_answer
-from treesearch.sizing import ROOT_SHARE, Auto, sized
+from treesearch.sizing import ROOT_SHARE, sized
 from treesearch.tree import ROOT, TERMINAL
 
 
-@dataclass
+@section
 class BeamConfig:
-    width: int | Auto = "auto"  # chains kept per depth
-    expansions: int | Auto = "auto"  # samples per kept chain per depth
-    root_expansions: int | Auto = "auto"  # samples at the root; 0 means width * expansions
+    width: Count | Auto = "auto"  # chains kept per depth
+    expansions: Count | Auto = "auto"  # samples per kept chain per depth
+    root_expansions: Count0 | Auto = "auto"  # samples at the root; 0 means width * expansions
     selection: Selection = "last"  # how the final answer is chosen among finished chains
     aggregate: Aggregate = "last"  # chain score used to rank beams
-    dedup: bool = False  # merge identical chains before ranking (they would share slots)
+    dedup: Flag = False  # merge identical chains before ranking (they would share slots)
 
 
 def root_shape(ctx: SearchContext, cfg: BeamConfig) -> tuple[int, int, int]:

@@ -20,20 +20,20 @@ budget affords (at least 1). With no limit: ``n`` 16, one wave.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 from treesearch.context import SearchContext
+from treesearch.schema import Auto, Count, Count0, section
 from treesearch.selection import Aggregate, Selection, select_answer
-from treesearch.sizing import Auto, sized
+from treesearch.sizing import sized
 from treesearch.tree import ROOT, TERMINAL
 
 UNBOUNDED = 1 << 30
 
 
-@dataclass
+@section
 class BestOfNConfig:
-    n: int | Auto = "auto"  # chains to sample at most
-    wave: int | Auto = "auto"  # chains started together; 0 means all n at once
+    n: Count | Auto = "auto"  # chains to sample at most
+    wave: Count0 | Auto = "auto"  # chains started together; 0 means all n at once
     selection: Selection = "prod"  # last | min | prod | vote | weighted_vote
     aggregate: Aggregate = "prod"  # chain score used by weighted_vote and tie-breaks
 

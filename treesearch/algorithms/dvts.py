@@ -18,18 +18,17 @@ quarter of them, ``expansions`` the rest per subtree (at most 4). With no limit:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from treesearch.context import SearchContext
+from treesearch.schema import Auto, Count, section
 from treesearch.selection import Aggregate, Selection, best_by_score, select_answer
-from treesearch.sizing import Auto, sized
+from treesearch.sizing import sized
 from treesearch.tree import ROOT, TERMINAL
 
 
-@dataclass
+@section
 class DVTSConfig:
-    n_subtrees: int | Auto = "auto"  # independent subtrees (search-and-learn: n / beam_width)
-    expansions: int | Auto = "auto"  # samples per head per depth (search-and-learn: beam_width)
+    n_subtrees: Count | Auto = "auto"  # independent subtrees (search-and-learn: n / beam_width)
+    expansions: Count | Auto = "auto"  # samples per head per depth (search-and-learn: beam_width)
     selection: Selection = "last"  # how the final answer is chosen among finished chains
     aggregate: Aggregate = "last"  # chain score used to pick each subtree's best child
 

@@ -1,45 +1,16 @@
 """Monte-Carlo tree search over reasoning steps, with UCT or PUCT selection.
 
-Selection uses :func:`treesearch.policies.uct_value` (Kocsis & Szepesvári, 2006) or
-:func:`treesearch.policies.puct_value` (Silver et al., 2017) with priors from the generator's
-step log-probabilities. ``parallel`` simulations are in flight per tree at once, kept apart
-by virtual loss (Chaslot et al., 2008). One simulation:
-
-  1. select: descend by the policy to a leaf, adding virtual loss on the path; with
-     progressive widening (``widen_c > 0``) stop early at a node due more children;
-  2. expand: sample ``expansions`` next steps from the leaf (a terminal leaf is not expanded);
-  3. evaluate: each new child's value is its PRM score (``evaluation: prm``) or the PRM
-     score of the last step of a rollout from it to the end (``evaluation: rollout``, one
-     sampled continuation; rollout steps are counted in the ledger but not kept in the tree);
-  4. backup: each child's value is added along its path; the leaf's virtual loss is removed.
-
-A terminal leaf is re-evaluated by its own PRM score, so search effort piles onto finished
-chains the verifier likes. The answer is the most-visited finished chain
-(``final: most_visited``) or the best-scored one (``final: best_value``).
-
-Before the first wave the root is expanded with ``root_expansions`` new samples (as beam
-search seeds its beam: a small policy's failures are mostly first steps from which the answer
-is out of reach, and progressive widening alone grows the root too slowly; every call does
-it, so each round of a job pool, :mod:`treesearch.pool`, brings new first steps), and with
-``dedup`` identical children are merged when they arrive (copies of one sample would split
-its visits and crowd the widening cap).
-
-With ``descend``, a simulation does not stop at its leaf's expansion: it goes on expanding
-the best-valued new child (value > 0) until a finished chain, every step kept in the tree (the
-simulation phase of LATS, Zhou et al., 2024, without discarding the rollout). With a value
-that ties often (a rule check's 0 / 1) mean backups otherwise spread a small budget over the
-first depth and reach few finished chains.
-
-Sized by the budget (``auto``, :mod:`treesearch.sizing`, ``S`` step samples affordable):
-``simulations`` run until the budget is spent (or the tree has nothing left to expand),
-``expansions`` 2, ``root_expansions`` = ``ROOT_SHARE x S`` (at most what can be reserved at
-once), ``parallel`` half the root-to-leaf descents the rest affords (1 to 4). With no limit,
-or a pinned ``simulations`` or ``expansions``: 32 simulations, 4 expansions, 4 in flight
-(each where not pinned) and no separate root expansion (``root_expansions`` 0: the
-first simulation expands the root like any leaf).
-
-Tree-parallel: several search workers can run :func:`mcts_shared` on one tree held by a store
-(:mod:`treesearch.shared_tree`), with the same selection and backup rules.
+One simulation (``parallel`` in flight per tree, kept apart by virtual loss; Chaslot et al.,
+2008): select a leaf by :func:`~treesearch.policies.uct_value` (Kocsis & Szepesvári, 2006) or
+:func:`~treesearch.policies.puct_value` (Silver et al., 2017; priors from the steps'
+log-probabilities), stopping early at a node due more children (progressive widening); expand
+it by ``expansions`` samples; value each child by its PRM score or by a rollout's; back the
+values up. The answer is the best-scored (or most-visited) finished chain. Before the first
+simulation the root gets ``root_expansions`` new samples (a small policy's failures are mostly
+hopeless first steps); with ``descend`` a simulation goes on from its best new child to a
+finished chain (LATS, Zhou et al., 2024). :func:`shape` says how a budget sizes it (``auto``);
+:func:`mcts_shared` is one worker's part of a tree several workers share
+(:mod:`treesearch.shared_tree`).
 """
 
 from __future__ import annotations
@@ -48,36 +19,37 @@ import asyncio
 import dataclasses
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from treesearch.context import SearchContext
+from treesearch.metered import GenerationAsk
 from treesearch.policies import SelectionPolicy, WideningRule, make_policy, progressive_widening, select_leaf
 from treesearch.protocol import GeneratedStep
+from treesearch.schema import Auto, Count, Count0, Flag, Float, section
 from treesearch.selection import Aggregate, chain_score, select_answer
-from treesearch.sizing import ROOT_SHARE, Allowance, Auto, sized
+from treesearch.sizing import ROOT_SHARE, Allowance, sized
 from treesearch.tree import PRUNED, ROOT, TERMINAL, Tree
 
 UNBOUNDED = 1 << 30
 IDLE_WAVES = 8  # unbounded simulations stop after this many waves in a row expanded nothing
 
 
-@dataclass
+@section
 class MCTSConfig:
-    simulations: int | Auto = "auto"  # simulations per problem (each expands one leaf)
-    parallel: int | Auto = "auto"  # simulations in flight per tree (virtual loss keeps them apart)
-    expansions: int | Auto = "auto"  # children sampled per expanded leaf
-    root_expansions: int | Auto = "auto"  # children of the root's first expansion
-    dedup: bool = False  # merge identical children as they arrive
+    simulations: Count | Auto = "auto"  # simulations per problem (each expands one leaf)
+    parallel: Count | Auto = "auto"  # simulations in flight per tree (virtual loss keeps them apart)
+    expansions: Count | Auto = "auto"  # children sampled per expanded leaf
+    root_expansions: Count0 | Auto = "auto"  # children of the root's first expansion
+    dedup: Flag = False  # merge identical children as they arrive
     # a simulation goes on expanding its best child (value > 0) until a finished chain, the
     # steps kept in the tree; auto: when the shape is sized by the budget
-    descend: bool | Auto = "auto"
+    descend: Flag | Auto = "auto"
     policy: Literal["uct", "puct"] = "puct"
-    c: float = 1.25  # exploration constant
-    widen_c: float = (
-        0.5  # progressive widening: up to expansions*max(1, floor(widen_c*N^widen_alpha)) children
-    )
-    widen_alpha: float = 0.5  # (widen_c = 0: a node is expanded once, plain MCTS)
+    c: Float(ge=0, le=1000) = 1.25  # exploration constant
+    # progressive widening: up to expansions * max(1, floor(widen_c * N^widen_alpha)) children
+    # (widen_c = 0: a node is expanded once, plain MCTS)
+    widen_c: Float(ge=0, le=1000) = 0.5
+    widen_alpha: Float(ge=0, le=1) = 0.5
     evaluation: Literal["prm", "rollout"] = "prm"
     final: Literal["best_value", "most_visited"] = "best_value"  # most_visited: most-visited finished chain
     aggregate: Aggregate = "last"  # chain score used as a node's value and by best_value
@@ -115,7 +87,14 @@ def select_leaves(
 
 
 def shape(cfg: MCTSConfig, a: Allowance) -> tuple[int, int, int, int]:
-    """``(simulations, expansions, root samples, parallel)`` (see module docstring)."""
+    """``(simulations, expansions, root samples, parallel)``.
+
+    Sized by the budget (``auto``; ``S`` step samples affordable, :mod:`treesearch.sizing`):
+    simulations until the budget is spent (or nothing is left to expand), 2 expansions,
+    ``ROOT_SHARE x S`` root samples (at most what can be reserved at once), and half the
+    root-to-leaf descents the rest affords in flight (1 to 4). With no limit, or pinned
+    ``simulations`` or ``expansions``: 32 simulations, 4 expansions, 4 in flight (each where
+    not pinned) and no separate root expansion."""
     if not a.limited or isinstance(cfg.simulations, int) or isinstance(cfg.expansions, int):  # pinned
         expansions = sized(cfg.expansions, 4)
         root = cfg.root_expansions if isinstance(cfg.root_expansions, int) else 0
@@ -195,7 +174,7 @@ SHARED_SIMULATIONS = 4096  # auto simulations of a shared tree under a budget (w
 
 
 def pinned(cfg: MCTSConfig, limited: bool) -> MCTSConfig:
-    """``cfg`` with its ``auto`` fields fixed, for a tree several workers share (its store
+    """``cfg`` with its ``auto`` fields fixed, for a tree several workers share (it
     knows no budget: ``limited`` says whether the workers' budgets will end the search; a
     selection of a finished leaf is a simulation too, so a bound ends a fully grown tree)."""
     simulations, expansions, _, parallel = shape(cfg, Allowance(float("inf"), float("inf"), 1))
@@ -218,21 +197,23 @@ async def _evaluate(
     )
 
 
-async def mcts_shared(ctx: SearchContext, cfg: MCTSConfig, store: SharedStore) -> None:
-    """One worker's part of a tree-parallel MCTS over a tree in a shared store
+async def mcts_shared(ctx: SearchContext, cfg: MCTSConfig, shared: SharedTreeHandle) -> None:
+    """One worker's part of a tree-parallel MCTS over a shared tree
     (:mod:`treesearch.shared_tree`): select there, expand and score here (this worker's budget
-    and replicas), commit there, until the store has no simulation left. ``evaluation:
+    and replicas), commit there, until the shared tree has no simulation left. ``evaluation:
     rollout`` is not supported here (a rollout's chain would need the worker to hold the tree)."""
-    shared = pinned(cfg, True)
-    expansions, parallel = shared.expansions, shared.parallel
+    fixed = pinned(cfg, True)
+    expansions, parallel = fixed.expansions, fixed.parallel
     while not ctx.exhausted:
-        leaves = await ctx.outside(store.select(parallel))
+        leaves = await ctx.await_external(shared.select(parallel))
         if leaves is None:
             return
         if not leaves:  # the tree's simulations in flight are all taken: wait for a commit
-            await ctx.outside(asyncio.sleep(0.002))
+            await ctx.await_external(asyncio.sleep(0.002))
             continue
-        results = await ctx.sample([(lf.node, lf.prefix_ids, expansions, lf.nonce) for lf in leaves])
+        results = await ctx.sample(
+            [GenerationAsk(lf.node, lf.prefix_ids, expansions, lf.nonce) for lf in leaves]
+        )
         news = [
             [] if res is None else ctx.new_steps(lf.steps, res)
             for lf, res in zip(leaves, results, strict=True)
@@ -245,10 +226,10 @@ async def mcts_shared(ctx: SearchContext, cfg: MCTSConfig, store: SharedStore) -
             (lf.ticket, new, [next(scores) for _ in new], -1 if res is None else res.replica)
             for lf, new, res in zip(leaves, news, results, strict=True)
         ]
-        await ctx.outside(store.commit(commits))
+        await ctx.await_external(shared.commit(commits))
 
 
-class SharedStore(Protocol):
+class SharedTreeHandle(Protocol):
     """A worker's handle on one shared tree (``treesearch.shared_tree`` calls, bound to it)."""
 
     async def select(self, n: int) -> list[Any] | None: ...

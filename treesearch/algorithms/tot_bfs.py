@@ -21,19 +21,18 @@ root like any state.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from treesearch.context import SearchContext
+from treesearch.schema import Auto, Count, Count0, section
 from treesearch.selection import Aggregate, Selection, chain_score, drop_duplicates, select_answer
-from treesearch.sizing import ROOT_SHARE, Auto, sized
+from treesearch.sizing import ROOT_SHARE, sized
 from treesearch.tree import ROOT, TERMINAL
 
 
-@dataclass
+@section
 class ToTBFSConfig:
-    breadth: int | Auto = "auto"  # states kept per depth (ToT's b)
-    samples: int | Auto = "auto"  # proposals per kept state per depth
-    root_samples: int | Auto = "auto"  # proposals from the root (0: samples)
+    breadth: Count | Auto = "auto"  # states kept per depth (ToT's b)
+    samples: Count | Auto = "auto"  # proposals per kept state per depth
+    root_samples: Count0 | Auto = "auto"  # proposals from the root (0: samples)
     selection: Selection = "last"  # how the final answer is chosen among finished chains
     aggregate: Aggregate = "last"  # chain score used as the state value
 

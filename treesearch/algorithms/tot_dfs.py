@@ -21,18 +21,17 @@ proposals there) whenever every state it tried was pruned. With no limit: 5 samp
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from treesearch.context import SearchContext
+from treesearch.schema import Auto, Count, Probability, section
 from treesearch.selection import Aggregate, Selection, chain_score, select_answer
-from treesearch.sizing import Auto, sized
+from treesearch.sizing import sized
 from treesearch.tree import ROOT, TERMINAL
 
 
-@dataclass
+@section
 class ToTDFSConfig:
-    samples: int | Auto = "auto"  # proposals per expanded state
-    threshold: float = 0.5  # v_th: children valued below it are pruned
+    samples: Count | Auto = "auto"  # proposals per expanded state
+    threshold: Probability = 0.5  # v_th: children valued below it are pruned
     selection: Selection = "last"  # fallback choice among finished chains if none passes
     aggregate: Aggregate = "last"  # chain score used as the state value
 

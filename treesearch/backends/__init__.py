@@ -8,9 +8,27 @@ from treesearch.backends import (  # noqa: F401  (each module registers its back
     deterministic,
     hf_generator,
     mc_rollout,
+    prm_models,
     vllm_generator,
 )
-from treesearch.backends.registry import GENERATORS, PRMS, Backend, WorkerEnv, backend_for, of, register
-from treesearch.prm import math_shepherd, outcome_rm, qwen_prm  # noqa: F401
+from treesearch.backends.registry import (
+    GENERATORS,
+    PRMS,
+    Backend,
+    WorkerEnv,
+    backend_for,
+    backend_of,
+    parse_section,
+    register,
+)
 
-__all__ = ["GENERATORS", "PRMS", "Backend", "WorkerEnv", "backend_for", "of", "register"]
+__all__ = [
+    "GENERATORS",
+    "PRMS",
+    "Backend",
+    "WorkerEnv",
+    "backend_for",
+    "backend_of",
+    "parse_section",
+    "register",
+]

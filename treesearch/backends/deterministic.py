@@ -18,12 +18,11 @@ import hashlib
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
 from treesearch.backends.registry import Backend, WorkerEnv, register
-from treesearch.config import ConfigError, GeneratorConfig, PRMConfig
+from treesearch.errors import ConfigError
 from treesearch.protocol import (
     CountState,
     ExpandRequest,
@@ -35,6 +34,8 @@ from treesearch.protocol import (
     decode_ids,
     encode_ids,
 )
+from treesearch.schema import Flag, Float, Probability, section
+from treesearch.sections import GeneratorConfig, PRMConfig
 from treesearch.tasks import game24 as g24
 from treesearch.tasks.base import Problem
 from treesearch.verifiers import passes
@@ -256,22 +257,26 @@ class RulePRM:
 
 
 # ----------------------------------------------------------------------------- registration
-@dataclass
+Parameters = Float(ge=0, le=1e15)
+Latency = Float(ge=0, le=3600)
+
+
+@section
 class NoisyOracleConfig(GeneratorConfig):
     """``generator: {backend: noisy_oracle}``: the seeded Game-of-24 proposer (no model)."""
 
-    error_rate: float = 0.5  # probability a proposed step is an error
-    num_parameters: float = 1.28e6  # nominal size for FLOPs (the embedded policy's)
-    latency_s: float = 0.0  # simulated seconds per batch call (tests, benchmarks)
+    error_rate: Probability = 0.5  # probability a proposed step is an error
+    num_parameters: Parameters = 1.28e6  # nominal size for FLOPs (the embedded policy's)
+    latency_s: Latency = 0.0  # simulated seconds per batch call (tests, benchmarks)
 
 
-@dataclass
+@section
 class RuleConfig(PRMConfig):
     """``prm: {backend: rule}``: the Game-of-24 rule check as a PRM (no model)."""
 
-    reachability: bool = True  # also require 24 reachable (an ORACLE: a ceiling)
-    num_parameters: float = 0.0  # nominal size for FLOPs
-    latency_s: float = 0.0  # simulated seconds per batch call (tests, benchmarks)
+    reachability: Flag = True  # also require 24 reachable (an ORACLE: a ceiling)
+    num_parameters: Parameters = 0.0  # nominal size for FLOPs
+    latency_s: Latency = 0.0  # simulated seconds per batch call (tests, benchmarks)
 
 
 def game24_only(cfg: Any, task: Any) -> None:

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from treesearch.config import ConfigError
+from treesearch.errors import ConfigError
 
 
 def check_model_dir(path: str | None, field: str) -> Path:

@@ -5,25 +5,25 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from treesearch.backends.hf import PromptTokenizer, load_tokenizer, torch_device
 from treesearch.backends.registry import Backend, WorkerEnv, register
-from treesearch.config import GeneratorConfig
 from treesearch.protocol import ExpandRequest, ExpandResult, GeneratedStep, count_ids, decode_ids, encode_ids
+from treesearch.schema import Flag, Float, Text, section
+from treesearch.sections import GeneratorConfig
 
 
-@dataclass
+@section
 class HFGeneratorConfig(GeneratorConfig):
     """transformers ``generate`` on CPU or GPU (no prefix cache)."""
 
-    model: str | None = None  # HF model dir; game24: none = the embedded policy
-    dtype: str = "auto"
-    temperature: float = 1.0
-    top_p: float = 1.0
-    device: str = "auto"  # auto | cpu | cuda
-    add_special_tokens: bool = True  # the prompt's tokenization adds BOS etc.
+    model: Text | None = None  # HF model dir; game24: none = the embedded policy
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    temperature: Float(gt=0, le=10) = 1.0  # sampling (generate's do_sample needs > 0)
+    top_p: Float(gt=0, le=1) = 1.0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    add_special_tokens: Flag = True  # the prompt's tokenization adds BOS etc.
 
     embedded = "policy"
 

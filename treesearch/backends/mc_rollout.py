@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
 
 from treesearch.backends.registry import Backend, WorkerEnv, register
-from treesearch.config import ConfigError, PRMConfig
+from treesearch.errors import ConfigError
 from treesearch.protocol import (
     CountState,
     ExpandRequest,
@@ -28,6 +26,8 @@ from treesearch.protocol import (
     ScoreResult,
     encode_ids,
 )
+from treesearch.schema import Count, section
+from treesearch.sections import PRMConfig
 from treesearch.tasks.base import Problem, Task
 
 TOKEN_SLACK = 2  # per step: a BPE tokenizer may merge across a step boundary
@@ -132,11 +132,11 @@ class MonteCarloRolloutPRM:
 
 
 # ----------------------------------------------------------------------------- registration
-@dataclass
+@section
 class MCRolloutConfig(PRMConfig):
     """``prm: {backend: mc_rollout}``: Monte-Carlo rollouts through the generator (an ORACLE)."""
 
-    rollouts: int = 4  # continuations per step; a step's score is the fraction that end correct
+    rollouts: Count = 4  # continuations per step; a step's score is the fraction that end correct
 
 
 def _worker(cfg: MCRolloutConfig, env: WorkerEnv) -> MonteCarloRolloutPRM:
@@ -146,13 +146,4 @@ def _worker(cfg: MCRolloutConfig, env: WorkerEnv) -> MonteCarloRolloutPRM:
         raise ConfigError(f"prm: {e}") from e
 
 
-def _check(cfg: MCRolloutConfig, task: Any) -> None:
-    if cfg.rollouts < 1:
-        raise ConfigError(f"prm.rollouts must be >= 1, got {cfg.rollouts}")
-
-
-register(
-    Backend(
-        "mc_rollout", MCRolloutConfig, worker=_worker, check=_check, engine_side=True, oracle=lambda cfg: True
-    )
-)
+register(Backend("mc_rollout", MCRolloutConfig, worker=_worker, engine_side=True, oracle=lambda cfg: True))

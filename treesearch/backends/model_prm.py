@@ -5,8 +5,9 @@
   STEP pooler at the step tag) for formats read at tag positions of a causal LM
   (Math-Shepherd); verified equal to transformers in the tests.
 
-Each format registers itself as a backend (``prm.backend``) with :func:`model_prm`; its config
-extends :class:`ModelPRMConfig` with the format's own fields. Every worker checks a request's
+Each format is registered as a backend (``prm.backend``) with :func:`model_prm`
+(:mod:`treesearch.backends.prm_models`); its config extends :class:`ModelPRMConfig` with the
+format's own fields. Every worker checks a request's
 exact token count against the engine's reservation (``ScoreRequest.max_tokens``) and refuses,
 without running the model, a request that would go over.
 """
@@ -15,31 +16,33 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import typing
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from treesearch.backends.hf import count_parameters, load_tokenizer, torch_device
 from treesearch.backends.registry import Backend, WorkerEnv
-from treesearch.config import ConfigError, PRMConfig
+from treesearch.errors import ConfigError
 from treesearch.prm.base import PRMFormat, PRMFormatError, PRMRow
 from treesearch.protocol import ScoreRequest, ScoreResult
+from treesearch.schema import Count, Flag, Float, Int, Text, section
+from treesearch.sections import PRMConfig
+
+Dtype = Literal["auto", "float32", "float16", "bfloat16", "float", "half"]
 
 
-@dataclass
+@section
 class ModelPRMConfig(PRMConfig):
     """What every model-backed PRM has (the format's own fields extend it)."""
 
-    model: str | None = None  # HF model dir
-    engine: typing.Literal["transformers", "vllm"] = "transformers"
-    dtype: str = "auto"
-    device: str = "auto"  # transformers: auto | cpu | cuda
-    trust_remote_code: bool = False  # e.g. Qwen2.5-Math-PRM's own modelling code
-    batch_rows: int = 64  # transformers: rows per forward pass
-    gpu_memory_utilization: float = 0.9  # vllm
-    enforce_eager: bool = False  # vllm
-    max_model_len: int | None = None  # vllm
+    model: Text | None = None  # HF model dir
+    engine: Literal["transformers", "vllm"] = "transformers"
+    dtype: Dtype = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # transformers
+    trust_remote_code: Flag = False  # e.g. Qwen2.5-Math-PRM's own modelling code
+    batch_rows: Count = 64  # transformers: rows per forward pass
+    gpu_memory_utilization: Float(gt=0, le=1) = 0.9  # vllm
+    enforce_eager: Flag = False  # vllm
+    max_model_len: Int(ge=1, le=10_000_000) | None = None  # vllm
 
 
 FormatOf = Callable[[Any], PRMFormat]

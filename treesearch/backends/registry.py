@@ -1,7 +1,7 @@
 """The backend registry: every generator and PRM backend, under its name, with its typed config.
 
-A backend is one file that defines its config (a :class:`treesearch.config.GeneratorConfig`
-or :class:`treesearch.config.PRMConfig` subclass: the fields a ``generator:`` / ``prm:``
+A backend is one file that defines its config (a :class:`treesearch.sections.GeneratorConfig`
+or :class:`treesearch.sections.PRMConfig` subclass: the fields a ``generator:`` / ``prm:``
 section may hold when it names the backend), its worker (what runs in a replica, or in the
 engine's process; it imports no Ray), and registers a :class:`Backend` here. The config
 object itself is what the worker receives, so no field can get lost on the way.
@@ -23,7 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from treesearch.config import GeneratorConfig, PRMConfig
+from treesearch.errors import ConfigError
+from treesearch.schema import build
+from treesearch.sections import GeneratorConfig, PRMConfig
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ class Backend:
       config: its config class (every field it accepts, documented there).
       worker: ``worker(cfg, env) -> worker`` (see module docstring); imports heavy
         dependencies lazily.
-      check: ``check(cfg, task) -> None``: raises :class:`treesearch.config.ConfigError` for a
+      check: ``check(cfg, task) -> None``: raises :class:`treesearch.errors.ConfigError` for a
         config that cannot work (a missing model dir, a format the vocabulary cannot express),
         before any replica starts. Returns what it loaded, if anything (a tokenizer).
       tokenizer: generators: ``tokenizer(cfg) -> object with encode(text) -> list[int]``.
@@ -103,6 +105,20 @@ def backend_for(base: type, name: str) -> Backend:
     return table[name]
 
 
-def of(cfg: GeneratorConfig | PRMConfig) -> Backend:
-    """The backend a config section selects."""
-    return backend_for(GeneratorConfig if isinstance(cfg, GeneratorConfig) else PRMConfig, cfg.backend)
+def backend_of(section: GeneratorConfig | PRMConfig) -> Backend:
+    """The registered backend a typed ``generator:`` / ``prm:`` section selects."""
+    role = GeneratorConfig if isinstance(section, GeneratorConfig) else PRMConfig
+    return backend_for(role, section.backend)
+
+
+def parse_section(base: type, data: dict[str, Any], where: str) -> Any:
+    """A ``generator:`` / ``prm:`` mapping (``base`` says which) as its backend's typed config:
+    ``backend`` picks the class (a tagged section), the rest must be its fields, in range."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    name = data.get("backend", base.backend)
+    try:
+        cls = backend_for(base, name).config
+    except KeyError as e:
+        raise ConfigError(f"{where}.backend: {e.args[0]}") from e
+    return build(cls, {**data, "backend": name}, where, f"backend {name}")

@@ -12,29 +12,32 @@ import asyncio
 import itertools
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from treesearch.backends.hf import PromptTokenizer, count_parameters, load_tokenizer
 from treesearch.backends.registry import Backend, WorkerEnv, register
-from treesearch.config import GeneratorConfig
 from treesearch.protocol import ExpandRequest, ExpandResult, GeneratedStep, count_ids, decode_ids, encode_ids
+from treesearch.schema import Flag, Float, Int, Text, section
+from treesearch.sections import GeneratorConfig
 
 
-@dataclass
+@section
 class VLLMGeneratorConfig(GeneratorConfig):
     """An ``AsyncLLM`` engine per replica."""
 
-    model: str | None = None  # HF model dir; game24: none = the embedded policy
-    dtype: str = "auto"  # e.g. float32 on CPU, bfloat16 on GPU
-    temperature: float = 1.0
-    top_p: float = 1.0
-    gpu_memory_utilization: float = 0.9  # on CPU this fraction of RAM is the KV cache
-    enforce_eager: bool = False  # skip graph capture (start ~15 s instead of 40+ on CPU)
-    max_model_len: int | None = None
-    block_size: int | None = None  # KV block size = prefix-cache granularity (CPU: multiple of 32)
-    tensor_parallel_size: int = 1  # > 1: the replica's ranks are placed with a placement group
-    add_special_tokens: bool = True  # the prompt's tokenization adds BOS etc.
+    model: Text | None = None  # HF model dir; game24: none = the embedded policy
+    # e.g. float32 on CPU, bfloat16 on GPU
+    dtype: Literal["auto", "float32", "float16", "bfloat16", "float", "half"] = "auto"
+    temperature: Float(ge=0, le=10) = 1.0  # 0: greedy (every sample the same)
+    top_p: Float(gt=0, le=1) = 1.0
+    gpu_memory_utilization: Float(gt=0, le=1) = 0.9  # on CPU this fraction of RAM is the KV cache
+    enforce_eager: Flag = False  # skip graph capture (start ~15 s instead of 40+ on CPU)
+    max_model_len: Int(ge=1, le=10_000_000) | None = None
+    # KV block size = prefix-cache granularity (CPU: a multiple of 32)
+    block_size: Int(ge=1, le=4096) | None = None
+    # > 1: the replica's ranks are placed with a placement group
+    tensor_parallel_size: Int(ge=1, le=64) = 1
+    add_special_tokens: Flag = True  # the prompt's tokenization adds BOS etc.
 
     embedded = "policy"
 
@@ -76,6 +79,10 @@ class VLLMGenerator:
         self.tokenizer = self.engine.tokenizer
         self._eos = getattr(self.tokenizer, "eos_token_id", None)
         self._delimiters: dict[str, bytes] = {}
+
+    async def reset_prefix_cache(self) -> bool:
+        """Empties the engine's prefix cache (a benchmark's cold start without a new engine)."""
+        return bool(await self.engine.reset_prefix_cache())
 
     async def generate(self, requests: Sequence[ExpandRequest]) -> list[ExpandResult]:
         from vllm.v1.engine.exceptions import EngineDeadError

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from treesearch.config import JobConfig
+from typing import Any
 
 EMBEDDED_DIR = Path(__file__).parent / "game24"
 
@@ -24,12 +21,9 @@ def embedded_model(role: str) -> Path:
     return EMBEDDED_DIR / role
 
 
-def with_embedded_models(cfg: JobConfig) -> JobConfig:
-    """``cfg`` with the embedded models filled in where a game24 job names none."""
-    if cfg.task.name != "game24":
-        return cfg
-    sections = {}
-    for name, section in (("generator", cfg.generator), ("prm", cfg.prm)):
-        if section.embedded is not None and not section.model:  # type: ignore[attr-defined]
-            sections[name] = dataclasses.replace(section, model=str(embedded_model(section.embedded)))
-    return dataclasses.replace(cfg, **sections)
+def with_embedded_model(task_name: str, section: Any) -> Any:
+    """A typed ``generator:`` / ``prm:`` section with the embedded model filled in where a
+    game24 job names none."""
+    if task_name != "game24" or section.embedded is None or section.model:
+        return section
+    return dataclasses.replace(section, model=str(embedded_model(section.embedded)))

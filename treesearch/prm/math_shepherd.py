@@ -13,8 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from treesearch.backends.model_prm import ModelPRMConfig, model_prm
-from treesearch.backends.registry import register
 from treesearch.prm.base import PieceCounter, PRMFormatError, PRMRow, positions_of, single_token_id
 
 
@@ -67,24 +65,3 @@ class MathShepherdFormat:
             lambda question: f"{question.strip()} ",
             lambda step, first: (("" if first else "\n") + f"{self.clean(step)} ", 1),  # + the tag
         )
-
-
-@dataclass
-class MathShepherdConfig(ModelPRMConfig):
-    """``prm: {backend: math_shepherd}``: step tag + ``+``/``-`` labels (transformers or vLLM)."""
-
-    step_tag: str = "ки"
-    good_token: str = "+"
-    bad_token: str = "-"
-
-    embedded = "prm"
-
-
-register(
-    model_prm(
-        "math_shepherd",
-        MathShepherdConfig,
-        lambda cfg: MathShepherdFormat(cfg.step_tag, cfg.good_token, cfg.bad_token),
-        vllm=True,
-    )
-)

@@ -11,8 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from treesearch.backends.model_prm import ModelPRMConfig, model_prm
-from treesearch.backends.registry import register
 from treesearch.prm.base import PrefixRowCounter, PRMRow
 
 
@@ -37,13 +35,3 @@ class OutcomeRMFormat:
 
     def counter(self, tokenizer: Any) -> PrefixRowCounter:
         return PrefixRowCounter(tokenizer, self.delimiter)
-
-
-@dataclass
-class OutcomeRMConfig(ModelPRMConfig):
-    """``prm: {backend: outcome_rm}``: a sequence classifier run on every prefix."""
-
-    delimiter: str = "\n"  # joins steps in each prefix row
-
-
-register(model_prm("outcome_rm", OutcomeRMConfig, lambda cfg: OutcomeRMFormat(cfg.delimiter)))

@@ -14,8 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from treesearch.backends.model_prm import ModelPRMConfig, model_prm
-from treesearch.backends.registry import register
 from treesearch.prm.base import PieceCounter, PRMFormatError, PRMRow, positions_of, single_token_id
 
 QWEN_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -75,18 +73,3 @@ class QwenPRMFormat:
             base=base,
             special=False,
         )
-
-
-@dataclass
-class QwenPRMConfig(ModelPRMConfig):
-    """``prm: {backend: qwen_prm}``: the chat template, ``<extra_0>`` separators, a 2-class head."""
-
-    separator: str = "<extra_0>"
-    system_prompt: str = QWEN_SYSTEM
-
-
-register(
-    model_prm(
-        "qwen_prm", QwenPRMConfig, lambda cfg: QwenPRMFormat(cfg.separator, cfg.system_prompt), vllm=True
-    )
-)

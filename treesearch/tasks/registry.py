@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from treesearch.config import ConfigError, JobConfig
+from treesearch.config import JobConfig
+from treesearch.errors import ConfigError
 from treesearch.tasks.base import Task
 from treesearch.tasks.game24 import Game24
 

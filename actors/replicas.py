@@ -1,25 +1,20 @@
-"""Runs a job on Ray: replicas of both pools, and search workers (or the driver) running the engine.
+"""The replicas of a job's two pools on Ray: started, waited for, stopped, and the engine's
+clients to them.
 
-``run_on_ray`` connects to ``address`` or starts a local Ray instance, starts generator and PRM
-replicas (:class:`actors.replica.ReplicaActor`, placed by their resources; a replica that cannot
-start surfaces its cause; unschedulable resources time out with what was asked and what is
-free), then runs the job's searches on ``run.search_workers`` search workers
-(:mod:`actors.fleet`), or in the driver itself with ``search_workers: 0``. The job was
-validated once before (:func:`treesearch.job.resolve`); the run dir is written by
-:func:`treesearch.runner.run_job` alone.
+:func:`start_replicas` starts the generator and PRM pools at once (:class:`ReplicaActor`,
+placed by their resources; a replica that cannot start surfaces its cause; unschedulable
+resources time out with what was asked and what is free); :func:`clients` builds a process's
+transports to them. Search workers get :class:`Replicas` (picklable) and build their own.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
 import math
 import os
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,20 +24,16 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from actors.fleet import WorkerFleet
-from actors.load import LoadMonitor
-from actors.pools import GeneratorPool, ScorerPool, dispatch_stats
+from actors.clients import GeneratorClient, ScorerClient
 from actors.replica import ReplicaActor
 from treesearch.backends import WorkerEnv
-from treesearch.config import ResourcesConfig
-from treesearch.job import Job, engine_scorer
-from treesearch.runner import LocalPlane, run_job
+from treesearch.job import Job
+from treesearch.models import EMBEDDED_DIR
+from treesearch.sections import ResourcesConfig
 
 REPLICA_PREFIX = "treesearch/"  # replica actor names: treesearch/<pool>/<index>/<suffix>
-REPLICAS_PER_WORKER = 20  # replicas one search worker keeps busy at 70% of a core (benchmarks: cluster_sim)
 
 
-# ----------------------------------------------------------------------------- replicas
 def actor_options(res: ResourcesConfig, ranks: int = 1) -> dict[str, Any]:
     """Ray options of one replica: its share of CPUs / GPUs, restarts, custom resources; a
     replica of several ranks (tensor parallelism) gets a placement group of one bundle per
@@ -74,7 +65,8 @@ def _root_cause(e: BaseException) -> str:
 
 @dataclass
 class Pool:
-    """A pool's replicas (their handles, what they reported at start, their placement groups)."""
+    """One role's replicas (the generator pool, the PRM pool): their handles, what they
+    reported at start, their placement groups."""
 
     handles: list[Any]
     infos: list[dict]
@@ -174,8 +166,6 @@ def start_pool(cfg: Any, seed: int, what: str) -> Pool:
 
 def describe_backend(cfg: Any) -> str:
     """``vllm, embedded policy`` / ``math_shepherd on vllm, /models/prm``: what a pool runs."""
-    from treesearch.models import EMBEDDED_DIR
-
     fields = vars(cfg)  # only model-backed sections have a model and an engine
     model, engine = fields.get("model"), fields.get("engine")
     where = ""
@@ -221,12 +211,12 @@ class Replicas:
 
 def start_replicas(job: Job, say: Callable[[str], None] | None = None) -> Replicas:
     """Starts both pools at once (Ray must be initialised); ``say`` hears each replica start."""
-    cfg = job.cfg
-    gen = launch_pool(cfg.generator, cfg.run.seed, "generator")
+    seed = job.cfg.run.seed
+    gen = launch_pool(job.generator_config, seed, "generator")
     pools = [gen]
     prm = Pool([], [{"num_parameters": 0.0}], [])
-    if not job.prm.engine_side:
-        prm = launch_pool(cfg.prm, cfg.run.seed, "PRM")
+    if not job.prm_backend.engine_side:
+        prm = launch_pool(job.prm_config, seed, "PRM")
         pools.append(prm)
     wait_pools(pools, say)
     return Replicas(
@@ -234,38 +224,17 @@ def start_replicas(job: Job, say: Callable[[str], None] | None = None) -> Replic
     )
 
 
-def transports(job: Job, replicas: Replicas) -> tuple[GeneratorPool, ScorerPool | None]:
-    """This process's transports to every replica of both pools."""
-    cfg = job.cfg
-    gen = GeneratorPool(
-        replicas.generator, job.tokenizer, replicas.generator_parameters, cfg.generator.resources
+def clients(job: Job, replicas: Replicas) -> tuple[GeneratorClient, ScorerClient | None]:
+    """This process's clients of every replica of both pools (no PRM client when the PRM runs
+    beside the engine); :func:`treesearch.job.transports` makes the engine's transports of them."""
+    gen = GeneratorClient(
+        replicas.generator, job.tokenizer, replicas.generator_parameters, job.generator_config.resources
     )
     if not replicas.prm:
         return gen, None
-    return gen, ScorerPool(replicas.prm, job.counter(), replicas.prm_parameters, cfg.prm.resources)
+    return gen, ScorerClient(replicas.prm, job.counter(), replicas.prm_parameters, job.prm_config.resources)
 
 
-@dataclass
-class Backends:
-    """Started replicas and this process's transports to them."""
-
-    replicas: Replicas
-    generator: GeneratorPool
-    scorer: ScorerPool | None
-
-    def dispatch_stats(self) -> dict[str, Any]:
-        return {"dispatch": dispatch_stats(self.generator, self.scorer)}
-
-    def shutdown(self) -> None:
-        self.replicas.shutdown()
-
-
-def start_backends(job: Job, say: Callable[[str], None] | None = None) -> Backends:
-    replicas = start_replicas(job, say)
-    return Backends(replicas, *transports(job, replicas))
-
-
-# ----------------------------------------------------------------------------- ray, runs
 def init_ray(address: str | None, num_cpus: int | None, verbose: bool = False) -> bool:
     """Connects to ``address``, or starts a local Ray; True if this call started it. Replica
     logs (vLLM, Triton, NUMA lines) stay in Ray's session log files unless ``verbose``; a
@@ -295,67 +264,3 @@ def session_logs() -> str:
 
     node = getattr(global_worker, "node", None)
     return str(Path(node.get_session_dir_path()) / "logs") if node is not None else "Ray's session dir"
-
-
-@contextlib.contextmanager
-def backends_for(
-    job: Job, address: str | None = None, say: Callable[[str], None] | None = None, verbose: bool = True
-) -> Iterator[Backends]:
-    """Started replicas for ``job`` on Ray (local unless ``address``), shut down on exit (with
-    the local Ray instance, if this call started it). Every run inside shares them."""
-    started = init_ray(address, job.cfg.run.ray_num_cpus, verbose)
-    if say is not None and not verbose:
-        say(f"replica logs (vLLM and others): {session_logs()} (--verbose shows them here)")
-    try:
-        backends = start_backends(job, say)
-    except Exception:
-        if started:
-            ray.shutdown()
-        raise
-    try:
-        yield backends
-    finally:
-        backends.shutdown()
-        if started:
-            ray.shutdown()
-
-
-def worker_count(job: Job) -> int:
-    """``run.search_workers``; ``auto``: one per :data:`REPLICAS_PER_WORKER` generator replicas."""
-    n = job.cfg.run.search_workers
-    if job.cfg.budget.scope == "job":  # one engine holds the job's pool (treesearch.pool)
-        return 0
-    if n == "auto":
-        return max(1, math.ceil(job.cfg.generator.resources.replicas / REPLICAS_PER_WORKER))
-    return int(n)
-
-
-def run_on_ray(
-    job: Job,
-    out: Path,
-    address: str | None = None,
-    progress: bool = True,
-    resume: bool = False,
-    retry_failed: bool = False,
-    verbose: bool = False,
-) -> dict[str, Any]:
-    """Runs ``job`` with replica pools on Ray (local unless ``address``); returns the summary.
-    With ``progress``, each replica's start and readiness is said on stderr; replica logs
-    reach it only when ``verbose``."""
-    say = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else None
-    with (
-        backends_for(job, address, say, verbose) as b,
-        LoadMonitor({"generator": b.replicas.generator, "PRM": b.replicas.prm}) as load,
-    ):
-        run = functools.partial(
-            run_job, job, out, progress=progress, resume=resume, retry_failed=retry_failed, load=load.snapshot
-        )
-        workers = worker_count(job)
-        if workers == 0:  # the engine in this process
-            plane: Any = LocalPlane(job, b.generator, engine_scorer(job, b.generator, b.scorer))
-            return run(plane=plane, extra=b.dispatch_stats)
-        fleet = WorkerFleet(job, b.replicas, workers, job.cfg.generator.resources.max_restarts)
-        try:
-            return run(plane=fleet)
-        finally:
-            fleet.shutdown()

@@ -1,4 +1,5 @@
-"""Transports over replica pools: :class:`treesearch.protocol.Generator` and ``Scorer`` on Ray.
+"""The engine's transports to replica pools: a :class:`treesearch.protocol.Generator` and a
+``Scorer`` whose requests go to replicas through a :class:`actors.dispatch.Router`.
 
 Both deliver each call's answers as soon as they are in (``dispatch``), so the engine's
 batcher never waits on a straggling replica for another replica's answers.
@@ -9,11 +10,11 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
-from actors.dispatch import ReplicaPool
+from actors.dispatch import Router
 from actors.replica import encode_batch
 from treesearch.batcher import Reply
-from treesearch.config import ResourcesConfig
 from treesearch.protocol import ExpandRequest, ExpandResult, ScoreRequest, ScoreResult, TokenCounter
+from treesearch.sections import ResourcesConfig
 from treesearch.verifiers import ProductScorer
 
 
@@ -29,8 +30,8 @@ async def _score(handle: Any, batch: list) -> tuple[list, int]:
     return pickle.loads(await handle.score.remote(encode_batch(batch)))
 
 
-def replica_pool(handles: list[Any], res: ResourcesConfig, generate: bool) -> ReplicaPool:
-    return ReplicaPool(
+def router(handles: list[Any], res: ResourcesConfig, generate: bool) -> Router:
+    return Router(
         handles,
         _generate if generate else _score,
         key=problem_key,
@@ -43,11 +44,11 @@ def replica_pool(handles: list[Any], res: ResourcesConfig, generate: bool) -> Re
     )
 
 
-class GeneratorPool:
-    """Generation over generator replicas; prompts tokenised here with the model's tokenizer."""
+class GeneratorClient:
+    """Generation on generator replicas; prompts tokenised here with the model's tokenizer."""
 
     def __init__(self, handles: list[Any], tokenizer: Any, num_parameters: float, res: ResourcesConfig):
-        self.pool = replica_pool(handles, res, generate=True)
+        self.router = router(handles, res, generate=True)
         self.num_parameters = num_parameters
         self._tok = tokenizer
 
@@ -55,34 +56,34 @@ class GeneratorPool:
         return self._tok.encode(text)
 
     async def generate(self, requests: list[ExpandRequest]) -> list[ExpandResult]:
-        return await self.pool.submit(requests)
+        return await self.router.submit(requests)
 
     def dispatch(self, requests: list[ExpandRequest], answers: list[Reply]) -> None:
-        self.pool.dispatch(requests, answers)
+        self.router.dispatch(requests, answers)
 
 
-class ScorerPool:
-    """Scoring over PRM replicas; token upper bounds counted here, exact counts there."""
+class ScorerClient:
+    """Scoring on PRM replicas; token upper bounds counted here, exact counts there."""
 
     def __init__(
         self, handles: list[Any], counter: TokenCounter, num_parameters: float, res: ResourcesConfig
     ):
-        self.pool = replica_pool(handles, res, generate=False)
+        self.router = router(handles, res, generate=False)
         self.num_parameters = num_parameters
         self.counter = counter
 
     async def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
-        return await self.pool.submit(requests)
+        return await self.router.submit(requests)
 
     def dispatch(self, requests: list[ScoreRequest], answers: list[Reply]) -> None:
-        self.pool.dispatch(requests, answers)
+        self.router.dispatch(requests, answers)
 
 
 def dispatch_stats(generator: Any, scorer: Any) -> dict[str, Any]:
-    """Routing and fault counters of this process's pools (zeros for in-process backends)."""
-    g = generator.pool.stats if isinstance(generator, GeneratorPool) else None
+    """Routing and fault counters of this process's clients (zeros for in-process backends)."""
+    g = generator.router.stats if isinstance(generator, GeneratorClient) else None
     inner = scorer.inner if isinstance(scorer, ProductScorer) else scorer  # through the task checks
-    p = inner.pool.stats if isinstance(inner, ScorerPool) else None
+    p = inner.router.stats if isinstance(inner, ScorerClient) else None
     return {
         "generator_routed": list(g.routed) if g else [],
         "generator_reissued": g.reissued if g else 0,
@@ -95,7 +96,7 @@ def dispatch_stats(generator: Any, scorer: Any) -> dict[str, Any]:
 
 
 def merge_dispatch_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """Counters of several processes' pools added up (``generator_routed`` per replica)."""
+    """Counters of several processes' clients added up (``generator_routed`` per replica)."""
     out: dict[str, Any] = {}
     for part in parts:
         for k, v in part.items():

@@ -1,29 +1,29 @@
 """One job-wide budget (``budget.scope: job``): compute goes to the problems still open.
 
 With a per-problem budget an easy problem solved at its first depth and a hard one that no
-chain has solved get the same cap. A :class:`JobPool` holds the job's budget instead (the
+chain has solved get the same cap. A :class:`JobBudget` holds the job's budget instead (the
 per-problem limit x the number of problems, in the budget's unit) and hands it out in
 *rounds*:
 
 1. every problem's first round is ``floor x share`` (``share`` = the per-problem limit): the
-   floors of all problems fit in the pool, so none starves;
-2. a search that ends its round unsettled (no verified answer, :mod:`treesearch.stopping`)
+   floors of all problems fit in the job budget, so none starves;
+2. a search that ends its round without an answer its stop rule accepts (:mod:`treesearch.stopping`)
    asks for another round; once every open problem has asked or finished (a barrier, so the
-   outcome does not depend on which search answered first), the pool ranks the askers by a
+   outcome does not depend on which search answered first), the askers are ranked by a
    UCT priority over problems (Kocsis & Szepesvari, 2006):
 
        priority_i = promise_i + explore * sqrt(ln(sum_j rounds_j) / rounds_i)
 
    where ``promise_i`` is the best PRM score among problem i's open nodes (its frontier's
    most promising prefix) and ``rounds_i`` the rounds it has had, and grants rounds of
-   ``floor x share`` in that order while the pool has them, never taking a problem over
+   ``floor x share`` in that order while the budget has them, never taking a problem over
    ``cap x share``. A problem granted nothing ends with what its tree holds.
 
 Compute a search does not spend (it stopped early, or its round ended below its grant) stays
-in the pool for the next barrier. The realised total never exceeds the pool: the grants of a
+in the job budget for the next barrier. The realised total never exceeds it: the grants of a
 barrier add up to at most what is left after everything already spent.
 
-Every problem of a pooled job is searched at once (its rounds are batched together, so the
+Every problem of such a job is searched at once (its rounds are batched together, so the
 engine is not serialised: a batch still carries every problem in a round); the priority is at
 the granularity of a problem's round, not of a single node.
 """
@@ -51,11 +51,11 @@ class _Ask:
     reply: asyncio.Future
 
 
-class JobPool:
-    """The job's budget as one pool (see module docstring).
+class JobBudget:
+    """The job's budget, shared by its problems (see module docstring).
 
     Attributes:
-      unit: the pooled unit (the budget's one limited unit besides seconds).
+      unit: the shared unit (the budget's one limited unit besides seconds).
       share: the per-problem limit; ``total`` = ``share`` x problems.
       round: the size of every round (``floor x share``).
       cap: most one problem may spend (``cap x share``).
@@ -143,26 +143,26 @@ def promise(tree: Tree, expandable: Callable[[int], bool]) -> float:
     return best
 
 
-async def pooled_search(
-    pool: JobPool, ctx: SearchContext, search: Callable[[], Awaitable[int | None]]
+async def search_in_rounds(
+    budget: JobBudget, ctx: SearchContext, search: Callable[[], Awaitable[int | None]]
 ) -> int | None:
-    """Runs ``search`` on ``ctx`` round after round while the pool grants them; the answer is
-    the settled node, else the best-scored of the rounds' answers. The caller calls
-    ``pool.finish`` however this ends."""
+    """Runs ``search`` on ``ctx`` round after round while the job budget grants them; the
+    answer is the one the stop rule ended it with, else the best-scored of the rounds'
+    answers. The caller calls ``budget.finish`` however this ends."""
     guard, tree, pid = ctx.guard, ctx.tree, ctx.problem.id
     answers = [await search()]
     before = -1.0
-    while ctx.settled is None:
-        spent = guard.spent.value(pool.unit)
+    while ctx.stopped_with is None:
+        spent = guard.spent.value(budget.unit)
         if spent == before:  # the last round spent nothing: the search has no use for more
             break
-        grant = await ctx.outside(pool.next_round(pid, spent, promise(tree, ctx.expandable)))
+        grant = await ctx.await_external(budget.next_round(pid, spent, promise(tree, ctx.expandable)))
         if grant <= 0:
             break
         before = spent
-        guard.set_limit(pool.unit, spent + grant)
-        ctx.exhausted = False
+        guard.set_limit(budget.unit, spent + grant)
+        ctx.new_round()
         answers.append(await search())
-    if ctx.settled is not None:
-        return ctx.settled
+    if ctx.stopped_with is not None:
+        return ctx.stopped_with
     return best_by_score(tree, [a for a in answers if a is not None])

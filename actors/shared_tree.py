@@ -1,9 +1,9 @@
-"""The shared tree store as a Ray actor: the trees several search workers search at once.
+"""Shared trees as a Ray actor: the trees several search workers search at once.
 
 A plain (non-async) actor: Ray runs one method at a time, so every ``select`` and ``commit``
 is atomic and no worker ever sees a tree half-updated. The logic is
-:class:`treesearch.shared_tree.SharedTree`; this is its transport. :class:`StoreClient` is a
-worker's handle on one tree (:class:`treesearch.algorithms.mcts.SharedStore`).
+:class:`treesearch.shared_tree.SharedTree`; this is its transport. :class:`SharedTreeClient` is
+a worker's handle on one tree (:class:`treesearch.algorithms.mcts.SharedTreeHandle`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from treesearch.shared_tree import Leaf, SharedTree
 
 
 @ray.remote(num_cpus=0)
-class TreeStoreActor:
+class SharedTreeActor:
     def __init__(self) -> None:
         self.store = SharedTree()
 
@@ -46,8 +46,8 @@ class TreeStoreActor:
         return self.store.problem_ids()
 
 
-class StoreClient:
-    """One worker's handle on one shared tree in a :class:`TreeStoreActor`."""
+class SharedTreeClient:
+    """One worker's handle on one shared tree in a :class:`SharedTreeActor`."""
 
     def __init__(self, actor: Any, problem_id: str, worker: str):
         self.actor, self.problem_id, self.worker = actor, problem_id, worker
