@@ -64,10 +64,11 @@ class DispatchError(RuntimeError):
 
 @dataclass
 class PoolStats:
-    """Counters of a pool. ``routed[r]``: requests sent to replica r (re-issues included)."""
+    """Counters of a router. ``routed[r]``: requests sent to replica r (re-issues included)."""
 
     routed: list[int]
     calls: int = 0
+    dropped: int = 0  # requests of cancelled searches never sent
     reissued: int = 0
     timeouts: int = 0
     affinity_hits: int = 0
@@ -284,21 +285,34 @@ class Router(Generic[Req, Res]):
         self.dispatch(list(requests), answers)
         return list(await future)
 
-    async def _call(self, r: int, batch: list[Req]) -> list[Res]:
+    async def _call(self, r: int, batch: list[Req], answers: list[Reply]) -> list[Res | None]:
         async with self._slots[r]:
+            # requests whose search was cancelled while this call waited for a slot are not sent
+            live = [i for i, a in enumerate(answers) if not a.done()]
+            self.stats.dropped += len(batch) - len(live)
+            if not live:
+                return [None] * len(batch)
+            sent = batch if len(live) == len(batch) else [batch[i] for i in live]
             started = time.perf_counter()
             self.stats.calls += 1
-            self.stats.routed[r] += len(batch)
+            self.stats.routed[r] += len(sent)
             try:
-                call = self.invoke(self.handles[r], batch)
+                call = self.invoke(self.handles[r], sent)
                 out, depth = await (
                     asyncio.wait_for(call, self.request_timeout_s) if self.request_timeout_s else call
                 )
             finally:
                 self.stats.busy_seconds[r] += time.perf_counter() - started
         # the replica's depth once this batch was out, less what this pool still has there
-        self.others[r] = max(0, depth - (self.load[r] - len(batch)))
-        return out
+        self.others[r] = max(0, depth - (self.load[r] - len(sent)))
+        if len(out) != len(sent):
+            raise DispatchError(f"replica {r} returned {len(out)} results for {len(sent)} requests")
+        if sent is batch:
+            return out
+        full: list[Res | None] = [None] * len(batch)
+        for i, res in zip(live, out, strict=True):
+            full[i] = res
+        return full
 
     async def _serve(self, r: int, batch: list[Req], answers: list[Reply]) -> None:
         n = len(batch)
@@ -307,7 +321,7 @@ class Router(Generic[Req, Res]):
             while True:
                 started = time.perf_counter()
                 try:
-                    out = await self._call(r, batch)
+                    out = await self._call(r, batch, answers)
                     self.lost[r] = 0
                     break
                 except (TimeoutError, *REPLICA_LOST) as e:
@@ -343,8 +357,6 @@ class Router(Generic[Req, Res]):
                     delay = min(5.0, self.retry_delay_s * 2 ** min(attempt, 10))
                     restarting_s += delay if isinstance(e, ActorUnavailableError) else 0.0
                     await asyncio.sleep(delay)
-            if len(out) != n:
-                raise DispatchError(f"replica {r} returned {len(out)} results for {n} requests")
         except Exception as e:  # this call's requests fail; other calls go on
             for a in answers:
                 a.fail(e)

@@ -181,7 +181,7 @@ def test_a_live_view_shows_new_trees_as_a_running_job_finishes_them(browser, tmp
     import time
 
     out = tmp_path / "live"
-    run = slow_run(str(CONFIGS / "game24-mcts.yaml"), out, limit=8, latency_s=1.0)
+    run = slow_run(str(CONFIGS / "game24-mcts.yaml"), out, limit=8, latency_s=0.5)
     watcher = subprocess.Popen(
         [sys.executable, "-m", "treesearch.cli", "view", str(out), "--watch", "2"],
         stdout=subprocess.PIPE, text=True,

@@ -1,27 +1,11 @@
-"""The math task through the CLI (each run starts and stops its own local Ray): a Math-Shepherd
-PRM end to end, config errors with exit 2, and the shipped GPU configs' placeholder models."""
-
-import json
-
-import ray
+"""The math task through the CLI: config errors with exit 2, and the shipped GPU configs'
+placeholder models (a math run with a Math-Shepherd PRM through the CLI, on the real stack, is
+``tests/test_progress.py``'s vLLM run)."""
 
 from treesearch.cli import main
 from treesearch.config import load_config
 
 from .conftest import math_overrides as _overrides
-
-
-def test_math_shepherd_prm_on_math_through_the_cli(tmp_path, models, dataset, capsys, uses_vllm):
-    if ray.is_initialized():  # the CLI starts (and stops) its own local Ray
-        ray.shutdown()
-    over = _overrides(models, dataset, prm="math_shepherd")
-    args = [x for o in [*over, "algorithm={name: beam, width: 2, expansions: 2}"] for x in ("--set", o)]
-    cfg_file = tmp_path / "job.yaml"
-    cfg_file.write_text("{}\n")
-    capsys.readouterr()
-    assert main(["run", str(cfg_file), *args, "--out", str(tmp_path / "o"), "--quiet"]) == 0
-    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
-    assert summary["task"] == "math" and summary["n_problems"] == 3
 
 
 def test_math_config_errors_exit_2(tmp_path, models, dataset, capsys):

@@ -10,6 +10,7 @@ import sys
 from treesearch.cli import main
 from treesearch.progress import STALE_S, WINDOW_S, Progress, watch
 
+from .conftest import math_overrides
 from .helpers import slow_run
 from .test_cli import CONFIGS
 
@@ -85,17 +86,17 @@ def test_status_of_a_run_dir(tmp_path, capsys):
     assert capsys.readouterr().err.strip().startswith("error: status: give JOB --address URL")
 
 
-def test_a_vllm_run_says_its_start_and_progress_and_nothing_of_vllm(tmp_path, uses_vllm):
-    """The main job's config on the real stack (local Ray, vLLM generator and PRM actors), as
-    `make demo` runs it, for 4 problems: stderr has our start-up lines and progress lines and
-    none of vLLM's, Triton's or Ray's own (those stay in the session logs it names)."""
-    import subprocess
-    import sys
-
+def test_a_vllm_run_says_its_start_and_progress_and_nothing_of_vllm(tmp_path, models, dataset, uses_vllm):
+    """A job on the real stack through the CLI (a local Ray, a vLLM generator actor, a
+    Math-Shepherd PRM actor; the math task on tiny models): stderr has our start-up lines and
+    progress lines and none of vLLM's, Triton's or Ray's own (those stay in the session logs it
+    names), and the math job's summary is right."""
+    policy, _, shepherd = models
+    sets = [x for o in math_overrides(models, dataset, prm="math_shepherd") for x in ("--set", o)]
+    job = tmp_path / "job.yaml"
+    job.write_text("algorithm: {name: beam, width: 2, expansions: 2}\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "treesearch.cli", "run", str(CONFIGS / "game24.yaml"), "--limit", "4",
-         "--out", str(tmp_path / "run"), "--set", "generator.gpu_memory_utilization=0.1",
-         "--set", "prm.gpu_memory_utilization=0.1"],
+        [sys.executable, "-m", "treesearch.cli", "run", str(job), *sets, "--out", str(tmp_path / "run")],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -103,21 +104,23 @@ def test_a_vllm_run_says_its_start_and_progress_and_nothing_of_vllm(tmp_path, us
     assert err[0].startswith("replica logs (vLLM and others): ") and err[0].endswith(
         "(--verbose shows them here)"
     )
-    assert "generator: starting 1 replica(s) (vllm, embedded policy)" in err
-    assert "PRM: starting 1 replica(s) (math_shepherd on vllm, embedded prm)" in err
+    assert f"generator: starting 1 replica(s) (vllm, {policy})" in err
+    assert f"PRM: starting 1 replica(s) (math_shepherd, {shepherd})" in err
     ready = [x for x in err if " ready in " in x]
     assert sorted(x.split(" ready in ")[0] for x in ready) == [
-        "PRM 1/1 (math_shepherd on vllm, embedded prm)",
-        "generator 1/1 (vllm, embedded policy)",
+        f"PRM 1/1 (math_shepherd, {shepherd})",
+        f"generator 1/1 (vllm, {policy})",
     ]
-    progress = [x for x in err if x.split("  ")[0].endswith("/4")]
-    assert progress[0].startswith("0/4  accuracy -") and progress[-1].startswith("4/4  accuracy ")
+    progress = [x for x in err if x.split("  ")[0].endswith("/3")]
+    assert progress[0].startswith("0/3  accuracy -") and progress[-1].startswith("3/3  accuracy ")
     ours = [err[0], *(x for x in err if x.split(":")[0] in ("generator", "PRM")), *ready, *progress]
     # nothing else: no vLLM, Triton or Ray Python-side lines; Ray's C++ core worker logs one line
     # of its own (search workers' constructor arguments live in the object store) at ERROR level
     assert all("core_worker.cc" in x for x in err if x not in ours), err
     assert not any("vllm" in x.lower() or "triton" in x.lower() for x in err if x not in ours), err
     assert "accuracy" in proc.stdout and "output:" in proc.stdout
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["task"] == "math" and summary["n_problems"] == 3 and summary["ledger"]["prm_calls"] > 0
 
 
 LOAD = {

@@ -62,14 +62,14 @@ def test_product_scorer_zeroes_failed_steps_and_keeps_inner_tokens():
     a, b = sorted(NUMS)[-2:]
     bad = f"{b} * {a} = {a * b + 3} (left: 5)"
     req = ScoreRequest.one(PROBLEM.id, 1, PROBLEM.prompt, (*chain(1), bad))
-    scorer = ProductScorer(ConstantPRM(), TASK, ["rule"], [PROBLEM])
+    scorer = ProductScorer(ConstantPRM(), TASK, ["rule"], {PROBLEM.id: PROBLEM})
     (res,) = asyncio.run(scorer.score([req]))
     assert res.scores == ((0.8, 0.0),)
     assert res.tokens == (7,) and scorer.counter is ConstantPRM.counter
     inner = ConstantPRM()
-    assert compose(inner, TASK, [], [PROBLEM]) is inner
+    assert compose(inner, TASK, [], {PROBLEM.id: PROBLEM}) is inner
     with pytest.raises(ValueError, match="unknown check"):
-        ProductScorer(inner, TASK, ["rules"], [PROBLEM])
+        ProductScorer(inner, TASK, ["rules"], {PROBLEM.id: PROBLEM})
 
 
 def test_rule_prm_with_reachability_equals_rule_times_reachability_check():
@@ -78,7 +78,7 @@ def test_rule_prm_with_reachability_equals_rule_times_reachability_check():
         for i, steps in enumerate([chain(1), chain(3), (chain(1)[0], "1 + 1 = 3 (left: 3)")])
     ]
     oracle = asyncio.run(RulePRM(TASK, reachability=True).score(reqs))
-    composed = ProductScorer(RulePRM(TASK, reachability=False), TASK, ["reachability"], [PROBLEM])
+    composed = ProductScorer(RulePRM(TASK, reachability=False), TASK, ["reachability"], {PROBLEM.id: PROBLEM})
     assert [r.scores for r in asyncio.run(composed.score(reqs))] == [r.scores for r in oracle]
     together = ScoreRequest(PROBLEM.id, tuple(range(3)), PROBLEM.prompt, tuple(r.chains[0] for r in reqs))
     (res,) = asyncio.run(composed.score([together]))  # one request, three chains

@@ -34,10 +34,12 @@ class _Submission:
         self.waiting = batcher is not None
         self.lockstep = batcher is not None and batcher.lockstep
 
-    def stop_waiting(self) -> None:  # answered, failed or cancelled
+    def stop_waiting(self, cancelled: bool = False) -> None:  # answered, failed or cancelled
         if self.waiting:
             self.waiting = False
             self.batcher.waiting -= 1  # type: ignore[union-attr]
+            if cancelled:  # its requests still queued are dropped at the next flush
+                self.batcher.cancelled += 1  # type: ignore[union-attr]
 
 
 class Reply:
@@ -78,7 +80,8 @@ def replies(n: int, batcher: Batcher | None = None) -> tuple[list[Reply], asynci
     future = asyncio.get_running_loop().create_future()
     sub = _Submission(batcher, n, future)
     if batcher is not None:
-        future.add_done_callback(lambda f: sub.stop_waiting())  # a cancelled search waits no more
+        # a cancelled search waits no more, and its queued requests are dropped
+        future.add_done_callback(lambda f: sub.stop_waiting(f.cancelled()))
     return [Reply(sub, i) for i in range(n)], future
 
 
@@ -127,6 +130,7 @@ class Batcher:
 
     Attributes:
       generator_batches, scorer_batches: backend calls made (chunks sent).
+      dropped: requests of cancelled searches dropped before they were sent.
       lockstep: benchmark baseline: nothing is sent while any request is in flight.
     """
 
@@ -137,6 +141,8 @@ class Batcher:
         self.waiting = 0
         self.generator_batches = 0
         self.scorer_batches = 0
+        self.cancelled = 0  # submissions cancelled since the last flush
+        self.dropped = 0
         self._in_flight = 0  # lockstep: requests sent and not yet answered
         self._gen: tuple[list[Any], list[Reply]] = ([], [])
         self._score: tuple[list[Any], list[Reply]] = ([], [])
@@ -192,6 +198,12 @@ class Batcher:
     def _maybe_flush(self) -> None:
         if self.waiting < self.active or (self.lockstep and self._in_flight):
             return
+        if self.cancelled:  # a search was cancelled (a client went away): its queued requests go
+            self.cancelled = 0
+            for requests, answers in (self._gen, self._score):
+                keep = [i for i, a in enumerate(answers) if not a.done()]
+                self.dropped += len(answers) - len(keep)
+                requests[:], answers[:] = [requests[i] for i in keep], [answers[i] for i in keep]
         for (requests, answers), send, is_gen in (
             (self._gen, self._send_gen, True),
             (self._score, self._send_score, False),

@@ -38,12 +38,13 @@ class SearchContext:
     """
 
     def __init__(self, problem: Problem, task: Task, tree: Tree, client: MeteredClient, chains: ChainMemo,
-                 step_cost: StepCost, stop: StopRule = NEVER):  # fmt: skip
+                 step_cost: StepCost, stop: StopRule = NEVER, seed: int = 0):  # fmt: skip
         self.problem, self.task, self.tree = problem, task, tree
         self.client, self.chains, self.step_cost, self.stop = client, chains, step_cost, stop
         self.guard: BudgetGuard = client.guard
         self.stopped_with: int | None = None
         self._nonces: dict[tuple[int, int], int] = {}  # times each (node, extra steps) was sampled
+        self._nonce_base = seed << 20  # a request's own seed: its own samples of the same prefixes
         self.heads: dict[int, set[bytes]] = {}  # step heads drawn per node (expand_distinct)
 
     @property
@@ -91,7 +92,7 @@ class SearchContext:
     def nonce(self, node: int, extra: int) -> int:
         """Times ``node`` (with ``extra`` steps after it) was sampled before (distinct samples)."""
         nonce = self._nonces[node, extra] = self._nonces.get((node, extra), -1) + 1
-        return nonce
+        return self._nonce_base + nonce
 
     # ------------------------------------------------------------------ generation
     async def expand(self, nodes: Sequence[int], k: int | Sequence[int]) -> list[list[int]]:

@@ -65,6 +65,9 @@ class SearchSpec:
       depth: expected steps of a finished chain.
       shared_search: one worker's part of a tree-parallel search, if the algorithm has one.
       job_budget: the budget all problems share (``budget.scope: job``), else None.
+      seed: folded into every request's nonce (a service request's own seed: other samples of
+        the same prefixes where the generator samples by nonce); 0 for a job (its seed is the
+        generator's).
     """
 
     task: Task
@@ -77,6 +80,7 @@ class SearchSpec:
     depth: int
     shared_search: SharedSearchFn | None = None
     job_budget: JobBudget | None = None
+    seed: int = 0
 
 
 def make_spec(
@@ -222,6 +226,16 @@ class Engine:
             if failures is not None:
                 failures.count(result.status, result.error)
 
+    async def search_one(self, lease: Lease, spec: SearchSpec) -> tuple[ProblemResult, Tree]:
+        """One search as a task of its own (a service request), batched with every other search
+        of this engine; cancelling it drops its queued requests. Its tree is closed after."""
+        self.batcher.open_slots(1)
+        try:
+            return await self.search(lease, spec)
+        finally:
+            self.batcher.park()
+            self.trees.close(lease.problem.id)
+
     async def search(self, lease: Lease, spec: SearchSpec) -> tuple[ProblemResult, Tree]:
         """One problem: its journal replayed first if it has one (afresh if the replay diverges,
         e.g. under a wall-seconds budget)."""
@@ -251,7 +265,9 @@ class Engine:
                 spec.search(ctx) if jb is None else search_in_rounds(jb, ctx, lambda: spec.search(ctx))
             )
             node = self._answer(ctx, spec, node)
-            return evaluate(problem, spec.task, ctx.tree, node, ctx.ledger), ctx.tree
+            result = evaluate(problem, spec.task, ctx.tree, node, ctx.ledger)
+            result.stop_reason = self._stop_reason(ctx, spec)
+            return result, ctx.tree
         except (BackendUnavailable, ReplayDiverged):
             raise
         except Exception as e:  # this problem fails; the others go on
@@ -272,7 +288,15 @@ class Engine:
                                spec.max_step_tokens)  # fmt: skip
         chains = ChainMemo(tree, self.counter, problem.data.get("question") or problem.prompt, problem.prompt)
         step = StepCost(spec.step_tokens, spec.max_step_tokens, len(prompt_ids), spec.depth, spec.head_tokens)
-        return SearchContext(problem, spec.task, tree, client, chains, step, spec.stop)
+        return SearchContext(problem, spec.task, tree, client, chains, step, spec.stop, spec.seed)
+
+    @staticmethod
+    def _stop_reason(ctx: SearchContext, spec: SearchSpec) -> str:
+        """Why the search ended: its stop rule (``verified`` / ``threshold``), its budget, or
+        its own shape (``complete``)."""
+        if ctx.stopped_with is not None:
+            return spec.stop.mode
+        return "budget" if ctx.client.exhausted else "complete"
 
     @staticmethod
     def _answer(ctx: SearchContext, spec: SearchSpec, node: int | None) -> int | None:

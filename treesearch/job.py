@@ -15,6 +15,7 @@ uses it (:mod:`treesearch.plane`, :mod:`actors.plane`, :mod:`actors.search_worke
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,11 +155,13 @@ def resolve(cfg: JobConfig, sections: Sections | None = None) -> Job:
 
 
 def transports(
-    job: Job, generator: Generator | None = None, replicas: Scorer | None = None
-) -> tuple[Generator, Scorer]:
+    job: Job, generator: Generator | None = None, replicas: Scorer | None = None,
+    problems: Mapping[str, Problem] | None = None,
+) -> tuple[Generator, Scorer]:  # fmt: skip
     """The job's transports for the engine: ``generator`` (a client of generator replicas), else
     the generator in this process; ``replicas`` (a client of PRM replicas), else the PRM in this
-    process; times the task checks the config multiplies in."""
+    process; times the task checks the config multiplies in. ``problems``: the problems the
+    checks look up by id (default the job's; a service passes the requests in flight)."""
     if generator is None:
         if not job.generator_backend.in_process:
             local = sorted(n for n, b in GENERATORS.items() if b.in_process)
@@ -176,6 +179,7 @@ def transports(
             )
         scorer = job.prm_backend.worker(job.prm_config, job.worker_env(generator=generator))
     try:
-        return generator, verifiers.compose(scorer, job.task, job.prm_config.checks, job.problems)
+        problems = problems if problems is not None else {p.id: p for p in job.problems}
+        return generator, verifiers.compose(scorer, job.task, job.prm_config.checks, problems)
     except ValueError as e:
         raise ConfigError(f"prm.checks: {e}") from e

@@ -57,6 +57,7 @@ class Progress:
         status_path: Path | None = None,
         clock: Any = time.monotonic,
         load: Callable[[], dict[str, list[dict[str, Any]]]] | None = None,
+        open_ended: bool = False,
     ):
         self.total, self.done, self.stream, self.status_path, self.clock = (
             total,
@@ -67,7 +68,7 @@ class Progress:
         )
         self.failed = self.correct = self.covered = self.answered = 0
         self.window: collections.deque[tuple[float, int, int, int, int]] = collections.deque()
-        self.load = load
+        self.load, self.open_ended = load, open_ended  # open-ended: a service, running until closed
         self.started = clock()
         self.tty = bool(stream is not None and stream.isatty())
         self._last_line = self._last_status = -1e18
@@ -86,6 +87,12 @@ class Progress:
         led = row["ledger"]
         self.window.append((now, *(int(led[k]) for k in WINDOW_TOKENS)))
         self.publish(force=self.done == self.total)
+
+    def close(self) -> None:
+        """An open-ended run (a service) has stopped: its status says so."""
+        self.open_ended = False
+        self.total = self.done
+        self.publish(force=True)
 
     def figures(self) -> dict[str, Any]:
         """The figures shown and published (rates per second over the recent window)."""
@@ -126,7 +133,7 @@ class Progress:
         f = self.figures()
         if due_status and self.status_path is not None:
             self._last_status = now
-            state = "finished" if self.done == self.total else "running"
+            state = "finished" if self.done == self.total and not self.open_ended else "running"
             tmp = self.status_path.with_name(".status.json.tmp")
             tmp.write_text(json.dumps({"state": state, **f, "updated_unix": time.time()}) + "\n")
             tmp.replace(self.status_path)

@@ -33,6 +33,7 @@ class ProblemResult:
     answer_score: float | None = None
     status: str = OK
     error: str | None = None
+    stop_reason: str = "complete"  # complete | verified | threshold | budget (the engine's words)
 
     def to_json(self) -> dict[str, Any]:
         row = {
@@ -45,6 +46,7 @@ class ProblemResult:
             "covered": self.covered,
             "nodes": self.nodes,
             "ledger": self.ledger.to_dict(),
+            "stop_reason": self.stop_reason,
         }
         if self.error is not None:
             row["error"] = self.error

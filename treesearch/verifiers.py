@@ -15,7 +15,7 @@ so the ledger counts only the inner PRM's tokens.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from treesearch.protocol import Scorer, ScoreRequest, ScoreResult
@@ -74,12 +74,12 @@ class ProductScorer:
       checks: names from :data:`CHECKS`, applied in order.
     """
 
-    def __init__(self, inner: Scorer, task: Task, checks: Sequence[str], problems: Sequence[Problem]):
+    def __init__(self, inner: Scorer, task: Task, checks: Sequence[str], problems: Mapping[str, Problem]):
         check_checks(task, checks)
         self.inner, self.task, self.checks = inner, task, tuple(checks)
         self.num_parameters = inner.num_parameters
         self.counter = inner.counter
-        self._problems = {p.id: p for p in problems}
+        self._problems = problems  # by id; a service's change as requests come and go
 
     async def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         results = await self.inner.score(requests)
@@ -97,6 +97,6 @@ class ProductScorer:
         return out
 
 
-def compose(scorer: Scorer, task: Task, checks: Sequence[str], problems: Sequence[Problem]) -> Scorer:
+def compose(scorer: Scorer, task: Task, checks: Sequence[str], problems: Mapping[str, Problem]) -> Scorer:
     """``scorer`` unchanged when ``checks`` is empty, else a :class:`ProductScorer`."""
     return ProductScorer(scorer, task, checks, problems) if checks else scorer

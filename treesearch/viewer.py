@@ -60,7 +60,7 @@ class RunData:
         self.checker = None
         if run_dir is None:
             return
-        from treesearch.config import JobConfig, build
+        from treesearch.config import JobConfig
         from treesearch.safeio import iter_rows, read_json, read_yaml
 
         results = run_dir / "results.jsonl"
@@ -69,6 +69,8 @@ class RunData:
                 self.rows[row["id"]] = row
         if (run_dir / "summary.json").is_file():
             self.summary = read_json(run_dir / "summary.json")
+        from treesearch.schema import build
+
         self.checker = correctness_checker(build(JobConfig, read_yaml(run_dir / "config.yaml"), "")) or (
             lambda tree: None
         )

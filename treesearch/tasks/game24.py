@@ -313,6 +313,18 @@ class Game24:
         return [self.problem(p) for p in self.puzzles()]
 
     @staticmethod
+    def problem_from_text(text: str) -> Problem:
+        """The puzzle a message states: its four numbers (1-13 each), e.g. ``4 6 8 13`` or ``Use
+        4, 6, 8 and 13 to make 24``; a ValueError says what is wrong otherwise."""
+        numbers = [int(x) for x in re.findall(r"(?<![\d.])\d+(?![\d.])", text)]
+        if numbers and numbers[-1] == 24 and len(numbers) == 5:  # "... to make 24"
+            numbers = numbers[:-1]
+        if len(numbers) != 4 or not all(1 <= x <= 13 for x in numbers):
+            shown = numbers[:6]
+            raise ValueError(f"a Game-of-24 puzzle is four numbers from 1 to 13 (e.g. 4 6 8 13), not {shown}")
+        return Game24.problem(numbers)
+
+    @staticmethod
     def problem(numbers: Sequence[int]) -> Problem:
         nums = tuple(sorted(numbers))
         return Problem(

@@ -87,6 +87,12 @@ class MathTask:
             messages, tokenize=False, add_generation_prompt=True, chat_template=self.chat_template
         )
 
+    def problem_from_text(self, question: str) -> Problem:
+        """A problem asked in a message (no reference answer: its correctness is unknown)."""
+        if len(question) > 100_000:
+            raise ValueError(f"the question is {len(question):,} characters (at most 100,000)")
+        return Problem("question", self.prompt(question), {"question": question})
+
     def problems(self) -> list[Problem]:
         rows = load_rows(self.path)
         if not rows:
@@ -113,6 +119,8 @@ class MathTask:
         return None if ans is None else normalize(ans)
 
     def is_correct(self, problem: Problem, steps: Sequence[str]) -> bool:
+        if "reference" not in problem.data:  # a question asked of the service: nothing to grade by
+            return False
         ans = extract_answer(self.step_delimiter.join(steps), self.answer_pattern)
         return answers_equal(ans, problem.data["reference"])
 
