@@ -94,4 +94,4 @@ class ChainMemo:
 
     def rebase(self, node: int, exact: int) -> None:
         """The PRM reported the exact count of the node's chain: its children extend that."""
-        self._counts[node] = self.counter.rebase(self.count_state(node), exact)
+        self._counts[node] = self.counter.rebase(self._counts[node], exact)  # counted when it was asked

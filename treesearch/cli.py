@@ -47,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_compare(sub)
     _add_export_and_view(sub)
     _add_cluster_commands(sub)
+    _add_serve(sub)
     return p
 
 
@@ -149,10 +150,39 @@ def _add_cluster_commands(sub: Any) -> None:
             cmd.add_argument("--follow", action="store_true", help="stream until the job ends")
 
 
+def _add_serve(sub: Any) -> None:
+    srv = sub.add_parser(
+        "serve", help="serve searches: an OpenAI-compatible API on Ray Serve over warm pools"
+    )
+    srv.add_argument(
+        "configs", nargs="+", help="profile configs (a model id each: its file name), or dirs of them"
+    )
+    srv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
+    srv.add_argument("--api-key", default=None, help="required as 'Authorization: Bearer KEY' "
+                     "(default: $TREESEARCH_API_KEY; none: no key)")  # fmt: skip
+    srv.add_argument(
+        "--out", default="runs/serve", help="run dir of the served searches (default runs/serve)"
+    )
+    srv.add_argument("--replicas", type=int, default=1, help="ingress replicas (each one engine per profile)")
+    srv.add_argument("--max-in-flight", type=int, default=64, help="searches at once per ingress replica")
+    srv.add_argument(
+        "--max-queued", type=int, default=256, help="requests waiting per ingress replica (then 429)"
+    )
+    srv.add_argument("--retain", type=int, default=10_000, help="searches kept in the run dir")
+    srv.add_argument(
+        "--grace-s", type=float, default=30.0, help="on SIGINT/SIGTERM, how long searches may finish"
+    )
+    srv.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a field of every profile")  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])
-    commands = {"run": _run, "compare": _compare, "export": _export_command, "view": _export_command}
+    commands = {"run": _run, "compare": _compare, "export": _export_command, "view": _export_command,
+                "serve": _serve}  # fmt: skip
     try:  # one mapping of failures to exit statuses for every command (module docstring)
         return commands.get(args.command, _job_command)(args)
     except ConfigError as e:
@@ -293,6 +323,27 @@ def _run(args: argparse.Namespace) -> int:
         summary = run_job(job, local, plane, progress, args.resume, args.retry_failed)
     print(format_summary(summary))
     print(f"output: {out}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import os
+
+    for name in ("port", "replicas", "max_in_flight", "max_queued", "retain"):
+        if getattr(args, name) < 1 or (name == "port" and args.port > 65535):
+            raise ConfigError(f"--{name.replace('_', '-')}: {getattr(args, name)} is out of range")
+    if args.grace_s < 0:
+        raise ConfigError(f"--grace-s: {args.grace_s} is below 0")
+    try:
+        from actors.service import load_profiles, serve_forever
+    except ImportError as e:
+        raise ConfigError(f"serving needs Ray Serve ({e.name}): install treesearch[ray]") from e
+    profiles = load_profiles(args.configs, args.overrides)
+    options = {"max_in_flight": args.max_in_flight, "max_queued": args.max_queued, "retain": args.retain}
+    key = args.api_key if args.api_key is not None else os.environ.get("TREESEARCH_API_KEY") or None
+    say = lambda line: print(line, flush=True)  # noqa: E731
+    serve_forever(profiles, args.host, args.port, args.address, key, str(Path(args.out).resolve()), options,
+                  args.replicas, args.grace_s, say)  # fmt: skip
     return 0
 
 

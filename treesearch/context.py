@@ -65,9 +65,9 @@ class SearchContext:
         """A job budget granted more: the search may go on where its budget had stopped it."""
         self.client.exhausted = False
 
-    def stop_with(self, node: int) -> None:
-        """Ends the search with ``node`` as its answer (the stop rule was met)."""
-        if self.stopped_with is None:
+    def stop_with(self, node: int | None) -> None:
+        """Ends the search with ``node`` as its answer (the stop rule was met); None: not yet."""
+        if self.stopped_with is None and node is not None:
             self.stopped_with = node
             self.client.closed = True
 
@@ -155,7 +155,8 @@ class SearchContext:
         step of a scored chain is written into the tree; nodes the budget refused keep NaN."""
         tree = self.tree
         score, parent = tree.prm_score, tree.parent
-        todo = [n for n in dict.fromkeys(nodes) if n != ROOT and score[n] != score[n]]  # NaN: unscored
+        asking = self.stopped_with is None  # stopped: nothing more is asked
+        todo = [n for n in dict.fromkeys(nodes) if asking and n != ROOT and score[n] != score[n]]  # NaN: new
         asks = [ScoringAsk(n, self.chains.steps(n), self.chains.count_state(n)[0]) for n in todo]
         for node, scored in zip(todo, await self.client.score(self.chains.question, asks), strict=True):
             if scored is None:
@@ -165,9 +166,8 @@ class SearchContext:
             while n != ROOT and score[n] != score[n]:
                 score[n] = scored.scores[i]
                 n, i = parent[n], i - 1
-        answer = None if self.stopped_with is not None else self.stop.threshold_answer(tree, tree.terminals())
-        if answer is not None:
-            self.stop_with(answer)
+        if self.stop.mode == "threshold" and self.stopped_with is None:  # a scan of the finished chains
+            self.stop_with(self.stop.threshold_answer(tree, tree.terminals()))
         return [score[n] if n != ROOT else 1.0 for n in nodes]
 
     async def score_chains(

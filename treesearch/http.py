@@ -3,7 +3,6 @@
     GET  /v1/models                 the profiles
     POST /v1/chat/completions       a search (``stream: true``: server-sent events)
     GET  /v1/trees/{tree_id}        the search tree: the export JSON, or ``?format=html`` the viewer
-    GET  /healthz                   ok
 
 Every error is OpenAI's shape (``{"error": {message, type, param, code}}``) with its status:
 400 a bad parameter (``param`` set), 401 a missing or wrong API key (compared in constant
@@ -27,7 +26,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -43,7 +42,19 @@ KEEPALIVE_S = 5.0  # SSE comment while a search runs and has nothing new to say
 
 def make_app(service: SearchService, api_key: str | None = None, max_body: int = MAX_BODY) -> FastAPI:
     """The app (see module docstring); ``api_key``: required as ``Authorization: Bearer KEY``."""
-    app = FastAPI(title="treesearch", docs_url=None, redoc_url=None, openapi_url=None)
+
+    def authorize(request: Request) -> None:
+        """``Authorization: Bearer KEY``, compared in constant time (a plain ASGI check: an
+        HTTP middleware would hide the client's disconnect from the search it must cancel)."""
+        if api_key is not None:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+                raise APIError(
+                    401, "a valid API key is needed: Authorization: Bearer KEY", code="invalid_api_key"
+                )
+
+    app = FastAPI(title="treesearch", docs_url=None, redoc_url=None, openapi_url=None,
+                  dependencies=[Depends(authorize)])  # fmt: skip
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, e: APIError) -> JSONResponse:
@@ -58,49 +69,42 @@ def make_app(service: SearchService, api_key: str | None = None, max_body: int =
     async def unexpected(request: Request, e: Exception) -> JSONResponse:
         return _unexpected(e)
 
-    @app.middleware("http")
-    async def authenticate(request: Request, call_next: Any) -> Response:
-        if api_key is not None and request.url.path.startswith("/v1/"):
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                err = APIError(
-                    401, "a valid API key is needed: Authorization: Bearer KEY", code="invalid_api_key"
-                )
-                return JSONResponse(err.body(), status_code=401)
-        return await call_next(request)
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         return api.model_list(list(service.profiles), service.created)
 
     @app.get("/v1/trees/{tree_id}")
     async def tree(tree_id: str, format: str = "json") -> Response:
-        if format not in ("json", "html"):
-            raise APIError(400, "format: json or html", "format")
-        tree, row = service.tree(tree_id)
-        doc = to_json_doc(tree, row)
-        if format == "json":
-            return JSONResponse(doc)
-        from treesearch.viewer import problem_payload, render_html
-
-        run = {"name": tree_id, "algorithm": row.get("algorithm", "?"), "accuracy": 0.0, "coverage": 0.0,
-               "problems": [problem_payload(doc, row)]}  # fmt: skip
-        return HTMLResponse(render_html([run]))
+        return _tree(service, tree_id, format)
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
         req = api.parse_request(await _json_body(request, max_body))
         if req.stream:
-            return StreamingResponse(_events(service, req, request), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})  # fmt: skip
+            return StreamingResponse(
+                _events(service, req, request),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache"},
+            )
         outcome = await _until_disconnected(service.run(req), request)
         return JSONResponse(_completion(req, outcome))
 
     return app
+
+
+def _tree(service: SearchService, tree_id: str, format: str) -> Response:
+    """A served search's tree: the export JSON, or the self-contained viewer page."""
+    if format not in ("json", "html"):
+        raise APIError(400, "format: json or html", "format")
+    tree, row = service.tree(tree_id)
+    doc = to_json_doc(tree, row)
+    if format == "json":
+        return JSONResponse(doc)
+    from treesearch.viewer import problem_payload, render_html
+
+    run = {"name": tree_id, "algorithm": row.get("algorithm", "?"), "accuracy": 0.0, "coverage": 0.0,
+           "problems": [problem_payload(doc, row)]}  # fmt: skip
+    return HTMLResponse(render_html([run]))
 
 
 def _unexpected(e: BaseException) -> JSONResponse:
@@ -152,9 +156,14 @@ async def _until_disconnected(work: Any, request: Request) -> Any:
 def _completion(req: ChatRequest, outcome: Outcome) -> dict[str, Any]:
     picked = choices(outcome, req.n)
     returned = sum(c["tokens"] for c in picked)
-    return api.completion(_id(outcome), int(time.time()), req.model, picked,
-                          api.usage(outcome.result.ledger.to_dict(), returned),
-                          summary(outcome, picked, req.treesearch.return_tree))  # fmt: skip
+    return api.completion(
+        _id(outcome),
+        int(time.time()),
+        req.model,
+        picked,
+        api.usage(outcome.result.ledger.to_dict(), returned),
+        summary(outcome, picked, req.treesearch.return_tree),
+    )
 
 
 def _id(outcome: Outcome) -> str:
@@ -171,8 +180,17 @@ async def _events(service: SearchService, req: ChatRequest, request: Request) ->
     run = asyncio.ensure_future(service.run(req, progress=progress_q.put_nowait))
     head = f"chatcmpl-pending-{id(run):x}"
     try:
-        yield _sse(api.chunk(head, created, req.model, [{"index": i, "delta": {"role": "assistant", "content": ""},
-                                                          "finish_reason": None} for i in range(req.n)]))  # fmt: skip
+        yield _sse(
+            api.chunk(
+                head,
+                created,
+                req.model,
+                [
+                    {"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+                    for i in range(req.n)
+                ],
+            )
+        )
         while not run.done():
             getter = asyncio.ensure_future(progress_q.get())
             done, _ = await asyncio.wait(
@@ -188,7 +206,7 @@ async def _events(service: SearchService, req: ChatRequest, request: Request) ->
         except APIError as e:
             yield _sse(e.body())
             return
-        except Exception as e:  # noqa: BLE001 (said in the stream, one line, as a client reads it)
+        except Exception as e:  # said in the stream, one line, as a client reads it
             yield _sse(json.loads(_unexpected(e).body))
             return
         async for event in _answer_events(req, outcome, created):
@@ -202,8 +220,14 @@ async def _answer_events(req: ChatRequest, outcome: Outcome, created: int) -> As
     cid, picked = _id(outcome), choices(outcome, req.n)
     for i, c in enumerate(picked):
         for piece in c["content"].splitlines(keepends=True) or [""]:
-            yield _sse(api.chunk(cid, created, req.model, [{"index": i, "delta": {"content": piece},
-                                                             "finish_reason": None}]))  # fmt: skip
+            yield _sse(
+                api.chunk(
+                    cid,
+                    created,
+                    req.model,
+                    [{"index": i, "delta": {"content": piece}, "finish_reason": None}],
+                )
+            )
     final = [{"index": i, "delta": {}, "finish_reason": c["finish_reason"]} for i, c in enumerate(picked)]
     extra = summary(outcome, picked, req.treesearch.return_tree)
     yield _sse(api.chunk(cid, created, req.model, final, treesearch=extra))

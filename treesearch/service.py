@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import yaml
 
@@ -37,7 +37,7 @@ from treesearch.algorithms import parse_algorithm
 from treesearch.budget import Budget
 from treesearch.engine import Engine, EngineOptions, SearchSpec, make_spec
 from treesearch.errors import ConfigError
-from treesearch.export import tree_to_json_doc
+from treesearch.export import to_json_doc
 from treesearch.feed import Lease
 from treesearch.job import Job, transports
 from treesearch.openai_api import APIError, ChatRequest
@@ -98,6 +98,16 @@ class Outcome:
     algorithm: str
 
 
+class Observer(Protocol):
+    """What a service tells its metrics (``actors.service.Metrics``)."""
+
+    def done(self, model: str, seconds: float) -> None: ...
+
+    def queue(self, running: int, waiting: int) -> None: ...
+
+    def refused(self) -> None: ...
+
+
 class Terms(NamedTuple):
     """What a request was given: its budget (limits by unit) and its algorithm."""
 
@@ -108,22 +118,34 @@ class Terms(NamedTuple):
 class Admission:
     """At most ``limit`` holders at once, at most ``queue`` waiting; the next is refused (429)."""
 
-    def __init__(self, limit: int, queue: int, retry_after_s: float):
-        self.limit, self.queue, self.retry_after_s = limit, queue, retry_after_s
+    def __init__(self, limit: int, queue: int, retry_after_s: float, observer: Observer | None = None):
+        self.limit, self.queue, self.retry_after_s, self.observer = limit, queue, retry_after_s, observer
         self.running = 0
         self.waiting: collections.deque[asyncio.Future] = collections.deque()
         self.rejected = 0
 
+    def _changed(self) -> None:
+        if self.observer is not None:
+            self.observer.queue(self.running, len(self.waiting))
+
     async def __aenter__(self) -> None:
         if self.running < self.limit and not self.waiting:
             self.running += 1
+            self._changed()
             return
         if len(self.waiting) >= self.queue:
             self.rejected += 1
-            raise APIError(429, f"{self.running} searches running and {len(self.waiting)} waiting: try again "
-                           "later", code="queue_full", retry_after_s=self.retry_after_s)  # fmt: skip
+            if self.observer is not None:
+                self.observer.refused()
+            raise APIError(
+                429,
+                f"{self.running} searches running and {len(self.waiting)} waiting: try again later",
+                code="queue_full",
+                retry_after_s=self.retry_after_s,
+            )
         turn = asyncio.get_running_loop().create_future()
         self.waiting.append(turn)
+        self._changed()
         try:
             await turn  # the leaving holder hands its place over (running stays counted)
         except asyncio.CancelledError:
@@ -141,8 +163,10 @@ class Admission:
             turn = self.waiting.popleft()
             if not turn.done():
                 turn.set_result(None)
+                self._changed()
                 return
         self.running -= 1
+        self._changed()
 
 
 class SearchService:
@@ -153,12 +177,19 @@ class SearchService:
       clients: the clients of a job's pools (its in-process backends where None).
       options: limits and retention.
       run_dir: where every search is written (None: nowhere).
+      observer: hears each answer's latency, the admission queue and each refusal (metrics).
     """
 
-    def __init__(self, jobs: dict[str, Job], clients: PoolClients, options: ServiceOptions = ServiceOptions(),
-                 run_dir: Path | None = None):  # fmt: skip
-        self.options, self.created = options, int(time.time())
-        self.admission = Admission(options.max_in_flight, options.max_queued, options.retry_after_s)
+    def __init__(
+        self,
+        jobs: dict[str, Job],
+        clients: PoolClients,
+        options: ServiceOptions = ServiceOptions(),
+        run_dir: Path | None = None,
+        observer: Observer | None = None,
+    ):
+        self.options, self.created, self.observer = options, int(time.time()), observer
+        self.admission = Admission(options.max_in_flight, options.max_queued, options.retry_after_s, observer)
         self.profiles: dict[str, Profile] = {}
         for name, job in jobs.items():
             problems: dict[str, Problem] = {}
@@ -172,8 +203,12 @@ class SearchService:
     # ------------------------------------------------------------------ requests
     def profile(self, name: str) -> Profile:
         if name not in self.profiles:
-            raise APIError(404, f"model {name!r} does not exist (models: {', '.join(self.profiles)})", "model",
-                           "model_not_found")  # fmt: skip
+            raise APIError(
+                404,
+                f"model {name!r} does not exist (models: {', '.join(self.profiles)})",
+                "model",
+                "model_not_found",
+            )
         return self.profiles[name]
 
     async def run(
@@ -194,6 +229,8 @@ class SearchService:
             finally:
                 profile.problems.pop(problem.id, None)
             self.latencies.append(time.perf_counter() - started)
+            if self.observer is not None:
+                self.observer.done(profile.name, self.latencies[-1])
         if self.store is not None:
             self.store.write(outcome)
         return outcome
@@ -247,8 +284,15 @@ class SearchService:
         except ConfigError as e:
             raise APIError(400, str(e), str(e).split(":")[0]) from None
 
-    async def _search(self, profile: Profile, problem: Problem, spec: SearchSpec, terms: Terms, req: ChatRequest,
-                      progress: Callable[[dict[str, Any]], None] | None) -> Outcome:  # fmt: skip
+    async def _search(
+        self,
+        profile: Profile,
+        problem: Problem,
+        spec: SearchSpec,
+        terms: Terms,
+        req: ChatRequest,
+        progress: Callable[[dict[str, Any]], None] | None,
+    ) -> Outcome:
         engine = profile.engine
         task = asyncio.ensure_future(engine.search_one(Lease(problem), spec))
         deadline = req.treesearch.deadline_s
@@ -269,8 +313,9 @@ class SearchService:
             stopped = "deadline"
         return Outcome(problem.id, profile, problem, result, tree, stopped, terms.budget, terms.algorithm)
 
-    async def _hard_stop(self, profile: Profile, problem: Problem, spec: SearchSpec, terms: Terms,
-                         task: asyncio.Future) -> Outcome:  # fmt: skip
+    async def _hard_stop(
+        self, profile: Profile, problem: Problem, spec: SearchSpec, terms: Terms, task: asyncio.Future
+    ) -> Outcome:
         """The deadline and its grace are past: the search is cancelled and the best finished
         chain of its tree so far is the answer."""
         engine = profile.engine
@@ -295,8 +340,13 @@ class SearchService:
             return {}
         spent = guard.spent
         scored = [tree.prm_score[n] for n in tree.terminals() if tree.prm_score[n] == tree.prm_score[n]]
-        return {"nodes": len(tree) - 1, "finished": len(tree.terminals()), "best_score": max(scored, default=None),
-                "generated_tokens": spent.policy_generated_tokens, "prm_tokens": spent.prm_tokens}  # fmt: skip
+        return {
+            "nodes": len(tree) - 1,
+            "finished": len(tree.terminals()),
+            "best_score": max(scored, default=None),
+            "generated_tokens": spent.policy_generated_tokens,
+            "prm_tokens": spent.prm_tokens,
+        }
 
     # ------------------------------------------------------------------ trees
     def tree(self, tree_id: str) -> tuple[Tree, dict[str, Any]]:
@@ -331,9 +381,14 @@ def choices(outcome: Outcome, n: int) -> list[dict[str, Any]]:
     out = []
     for node in nodes:
         finished = tree.status[node] == TERMINAL and outcome.stopped != "deadline"
-        out.append({"node": node, "content": task.step_delimiter.join(tree.steps(node)),
-                    "finish_reason": "stop" if finished else "length",
-                    "tokens": sum(len(tree.token_ids[p]) for p in tree.path(node)[1:])})  # fmt: skip
+        out.append(
+            {
+                "node": node,
+                "content": task.step_delimiter.join(tree.steps(node)),
+                "finish_reason": "stop" if finished else "length",
+                "tokens": sum(len(tree.token_ids[p]) for p in tree.path(node)[1:]),
+            }
+        )
     if not out:  # nothing finished in the budget: an empty answer, cut short
         out.append({"node": None, "content": "", "finish_reason": "length", "tokens": 0})
     return out
@@ -363,7 +418,7 @@ def summary(outcome: Outcome, picked: Sequence[dict[str, Any]], return_tree: str
             "chosen_path": tree.path(node) if node is not None else [],
         }
     elif return_tree == "full":
-        out["tree"] = tree_to_json_doc(tree)
+        out["tree"] = to_json_doc(tree)
     return out
 
 
@@ -388,8 +443,12 @@ class RunStore:
         return Tree.from_msgpack((self.out / "trees" / f"{tree_id}.msgpack").read_bytes()), self.rows[tree_id]
 
     def write(self, outcome: Outcome) -> None:
-        row = {**outcome.result.to_json(), "model": outcome.profile.name, "algorithm": outcome.algorithm,
-               "stop_reason": outcome.stopped}  # fmt: skip
+        row = {
+            **outcome.result.to_json(),
+            "model": outcome.profile.name,
+            "algorithm": outcome.algorithm,
+            "stop_reason": outcome.stopped,
+        }
         tmp = self.out / "trees" / f".{outcome.request_id}.tmp"
         tmp.write_bytes(outcome.tree.to_msgpack())
         tmp.replace(self.out / "trees" / f"{outcome.request_id}.msgpack")
