@@ -39,6 +39,12 @@ from treesearch.service import SearchService, ServiceOptions
 
 APP = "treesearch"
 REQUEST_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 150, 600]  # seconds
+# name -> (kind, tag keys, description): what the ingress exports (the Grafana dashboard charts them)
+SERVICE_METRICS = {
+    "treesearch_request_seconds": ("histogram", ("model",), "seconds from admission to a search's answer"),
+    "treesearch_admission": ("gauge", ("state",), "searches running and waiting for a slot"),
+    "treesearch_rejected_requests": ("counter", (), "requests refused: the admission queue was full"),
+}
 
 
 def pool_key(cfg: JobConfig) -> str:
@@ -71,17 +77,18 @@ class Pools:
 
 
 class Metrics:
-    """The ingress's Prometheus metrics (tags: ``model``; Ray prefixes ``ray_``)."""
+    """The ingress's Prometheus metrics (:data:`SERVICE_METRICS`; Ray prefixes ``ray_``)."""
 
     def __init__(self) -> None:
         from ray.util.metrics import Counter, Gauge, Histogram
 
-        text = "seconds from admission to the answer of a search"
-        self.latency = Histogram("treesearch_request_seconds", text, boundaries=REQUEST_BUCKETS, tag_keys=("model",))
-        self.admission = Gauge("treesearch_admission", "searches running and waiting", tag_keys=("state",))
-        self.rejected = Counter(
-            "treesearch_rejected_requests", "requests refused: the admission queue was full"
-        )
+        def spec(name: str) -> dict[str, Any]:
+            _, tags, text = SERVICE_METRICS[name]
+            return {"name": name, "description": text, "tag_keys": tags}
+
+        self.latency = Histogram(boundaries=REQUEST_BUCKETS, **spec("treesearch_request_seconds"))
+        self.admission = Gauge(**spec("treesearch_admission"))
+        self.rejected = Counter(**spec("treesearch_rejected_requests"))
 
     def done(self, model: str, seconds: float) -> None:
         self.latency.observe(seconds, {"model": model})

@@ -102,7 +102,7 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args()
     n = 4 if args.smoke else args.problems
-    many = 2 if args.smoke else 4  # replicas of the multi-replica set-ups
+    many = 1 if args.smoke else 4  # replicas of the multi-replica set-ups (the smoke: one engine)
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     import tempfile
 

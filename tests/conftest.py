@@ -30,12 +30,8 @@ TIERS = {
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        marks = list(dict.fromkeys(m for f in item.fixturenames for m in TIERS.get(f, ())))
-        for name in marks:
+        for name in dict.fromkeys(m for f in item.fixturenames for m in TIERS.get(f, ())):
             item.add_marker(name)
-        # with pytest-xdist (--dist loadgroup): a module's tests stay together (its fixtures start
-        # once), and every vLLM test runs in one worker, one after another (engines fill the RAM)
-        item.add_marker(pytest.mark.xdist_group("vllm" if "vllm" in marks else item.module.__name__))
 
 
 @pytest.fixture(scope="module")

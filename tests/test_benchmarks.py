@@ -30,6 +30,7 @@ def test_benchmark_smoke(name, takes_long):
 
 
 ON_RAY = ["hot_path", "dispatch_overhead", "async_vs_lockstep", "cluster_sim", "workers", "long_job"]
+ON_RAY += ["serve_load"]
 
 
 @pytest.mark.parametrize("name", ON_RAY)

@@ -16,7 +16,11 @@ from .conftest import SHARED
 
 K8S = Path(__file__).resolve().parents[1] / "k8s"
 CRDS = SHARED / "kuberay-crds"
-KINDS = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml"}
+KINDS = {
+    "RayCluster": "ray.io_rayclusters.yaml",
+    "RayJob": "ray.io_rayjobs.yaml",
+    "RayService": "ray.io_rayservices.yaml",
+}
 
 
 def _structural(schema):
@@ -101,6 +105,30 @@ def _all_builds():
     return {str(k.parent.relative_to(K8S)): _build(k) for k in sorted(K8S.rglob("kustomization.yaml"))}
 
 
+def test_the_rayservice_validates_and_deploys_our_app(validators):
+    """k8s/service/rayservice.yaml: valid against the RayService CRD; its serveConfigV2 builds
+    the app from actors.service:build_app with profiles that resolve here, and names the
+    deployments the app has."""
+    from actors.service import Pools, SearchIngress, load_profiles
+
+    (doc,) = list(yaml.safe_load_all((K8S / "service" / "rayservice.yaml").read_text()))
+    assert doc["kind"] == "RayService" and _errors(validators, doc) == []
+    serve_config = yaml.safe_load(doc["spec"]["serveConfigV2"])
+    (app,) = serve_config["applications"]
+    assert app["import_path"] == "actors.service:build_app" and app["route_prefix"] == "/"
+    assert {d["name"] for d in app["deployments"]} == {SearchIngress.name, Pools.name}
+    root = Path(__file__).resolve().parents[1]
+    profiles = load_profiles([str(root / p) for p in app["args"]["profiles"]], app["args"]["set"])
+    assert list(profiles) == ["game24"]
+    assert profiles["game24"]["generator"]["resources"]["replicas"] == 6
+    head = doc["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert {"containerPort": 8000, "name": "serve"} in head["ports"]
+    assert any(e["name"] == app["args"]["api_key_env"] for e in head["env"])
+    broken = copy.deepcopy(doc)
+    broken["spec"]["serveConfigv2"] = broken["spec"].pop("serveConfigV2")
+    assert any("serveConfigv2" in e for e in _errors(validators, broken))
+
+
 def test_every_manifest_and_overlay_is_valid(validators):
     builds = _all_builds()
     assert set(builds) == {"base", "overlays/4x8"}
@@ -176,9 +204,15 @@ def test_grafana_dashboard_queries_only_metrics_the_replicas_export():
     import re
 
     from actors.replica import BUSY_METRIC, DEPTH_METRIC, GENERATOR_METRICS, PRM_METRICS, TAGS
+    from actors.service import SERVICE_METRICS
 
     counters = {*GENERATOR_METRICS, *PRM_METRICS, BUSY_METRIC[0]}
     gauges = {DEPTH_METRIC[0]}
+    histograms: set[str] = set()
+    tags = {name: TAGS for name in counters | gauges}
+    for name, (kind, keys, _) in SERVICE_METRICS.items():
+        {"counter": counters, "gauge": gauges, "histogram": histograms}[kind].add(name)
+        tags[name] = keys
     dash = json.loads((K8S / "grafana" / "treesearch-dashboard.json").read_text())
     assert dash["uid"] and dash["schemaVersion"] >= 30
     assert [v["name"] for v in dash["templating"]["list"]] == ["datasource"]
@@ -188,13 +222,22 @@ def test_grafana_dashboard_queries_only_metrics_the_replicas_export():
         for target in panel["targets"]:
             expr = target["expr"]
             assert target["datasource"]["uid"] == "${datasource}"
-            for m in re.finditer(r"\bray_(treesearch_\w+?)(_total)?\b(\{[^}]*\})?(\[[^\]]+\])?", expr):
-                name, total, labels, window = m.groups()
-                assert (name in counters and total) or (name in gauges and not total), m.group(0)
-                assert (window is not None) == bool(total), f"rate() of counters only: {m.group(0)}"
+            names = []
+            pattern = r"\bray_(treesearch_\w+?)(_total|_bucket|_count|_sum)?\b(\{[^}]*\})?(\[[^\]]+\])?"
+            for m in re.finditer(pattern, expr):
+                name, suffix, labels, window = m.groups()
+                kind_ok = (
+                    (name in counters and suffix == "_total")
+                    or (name in gauges and suffix is None)
+                    or (name in histograms and suffix in ("_bucket", "_count", "_sum"))
+                )
+                assert kind_ok, m.group(0)
+                assert (window is not None) == (suffix is not None), f"rate() of counters only: {m.group(0)}"
                 for label in re.findall(r"(\w+)\s*=", labels or ""):
-                    assert label in TAGS, m.group(0)
+                    assert label in tags[name], m.group(0)
                 used.add(name)
+                names.append(name)
             for by in re.findall(r"by \(([^)]*)\)", expr):
-                assert {x.strip() for x in by.split(",")} <= set(TAGS), expr
-    assert used == counters | gauges
+                allowed = {"le"} | {t for n in names for t in tags[n]}
+                assert {x.strip() for x in by.split(",")} <= allowed, expr
+    assert used == counters | gauges | histograms
