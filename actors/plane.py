@@ -51,8 +51,13 @@ class RayPlane:
         in this process).
     """
 
-    def __init__(self, replicas: Replicas, generator: GeneratorClient, scorer: ScorerClient | None,
-                 load: Callable[[], dict[str, list[dict[str, Any]]]]):  # fmt: skip
+    def __init__(
+        self,
+        replicas: Replicas,
+        generator: GeneratorClient,
+        scorer: ScorerClient | None,
+        load: Callable[[], dict[str, list[dict[str, Any]]]],
+    ):
         self.replicas, self.generator, self.scorer, self.load = replicas, generator, scorer, load
         self.local = LocalPlane(
             generator, scorer, lambda: {"dispatch": dispatch_stats(generator, scorer)}, load
@@ -105,7 +110,13 @@ def ray_plane(
         raise
     try:
         generator, scorer = clients(job, replicas)
-        with LoadMonitor({"generator": replicas.generator, "PRM": replicas.prm}) as load:
+        restarts = {
+            "generator": job.generator_config.resources.max_restarts,
+            "PRM": job.prm_config.resources.max_restarts,
+        }
+        with LoadMonitor(
+            {"generator": replicas.generator, "PRM": replicas.prm}, say=say, max_restarts=restarts
+        ) as load:
             yield RayPlane(replicas, generator, scorer, load.snapshot)
     finally:
         replicas.shutdown()

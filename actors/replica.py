@@ -114,6 +114,7 @@ class ReplicaActor:
         busy fraction between them; ``requests``: requests handled."""
         self._account()
         return {
+            "pid": os.getpid(),
             "queue": self.depth,
             "busy_seconds": self.busy_s,
             "clock": time.monotonic(),

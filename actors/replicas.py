@@ -255,7 +255,29 @@ def init_ray(address: str | None, num_cpus: int | None, verbose: bool = False) -
             # vLLM's per-engine INFO lines drown the progress line; warnings and errors still show
             runtime_env={"env_vars": {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}},
         )
+    if not verbose:
+        _quiet_raylet_errors()
     return True
+
+
+def _quiet_raylet_errors() -> None:
+    """Ray prints its own paragraph on the driver's terminal when a worker dies (a replica killed,
+    ~900 characters); the load monitor says it in one line of ours instead
+    (:class:`actors.load.LoadMonitor`). Ray has no switch for it: its error listener prints
+    through this module-level function, wrapped here to drop the raylet's messages (they stay in
+    the session logs)."""
+    import ray._private.worker as ray_worker
+
+    if getattr(ray_worker.print_to_stdstream, "treesearch_quiet", False):
+        return
+    printer = ray_worker.print_to_stdstream
+
+    def quiet(data: dict[str, Any], ignore_prefix: bool) -> None:
+        if data.get("pid") != "raylet":
+            printer(data, ignore_prefix)
+
+    quiet.treesearch_quiet = True  # type: ignore[attr-defined]
+    ray_worker.print_to_stdstream = quiet
 
 
 def session_logs() -> str:

@@ -30,6 +30,7 @@ import ray
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from actors.load import LoadMonitor
 from actors.replicas import Replicas, clients, init_ray, start_replicas
 from treesearch.config import JobConfig
 from treesearch.errors import ConfigError
@@ -70,6 +71,9 @@ class Pools:
 
     async def get(self, key: str) -> Replicas:
         return self.replicas[key]
+
+    async def all(self) -> list[Replicas]:
+        return list(self.replicas.values())
 
     def __del__(self) -> None:
         for r in getattr(self, "replicas", {}).values():
@@ -116,8 +120,14 @@ class SearchIngress:
       out: the service's run dir; each ingress replica writes its own subdirectory.
     """
 
-    async def __init__(self, profiles: dict[str, dict[str, Any]], pools: DeploymentHandle,
-                       options: dict[str, Any], api_key: str | None, out: str | None):  # fmt: skip
+    async def __init__(
+        self,
+        profiles: dict[str, dict[str, Any]],
+        pools: DeploymentHandle,
+        options: dict[str, Any],
+        api_key: str | None,
+        out: str | None,
+    ):
         jobs = jobs_of(profiles)
         by_key = {}
         for job in jobs.values():
@@ -166,11 +176,25 @@ def load_profiles(paths: Sequence[str], overrides: Sequence[str] = ()) -> dict[s
     return profiles
 
 
+def _pool_handles() -> dict[str, list[Any]]:
+    """Every replica of the deployed app's pools, by pool."""
+    pools = serve.get_deployment_handle(Pools.name, APP).all.remote().result()
+    return {"generator": [h for r in pools for h in r.generator], "PRM": [h for r in pools for h in r.prm]}
+
+
 def serve_forever(
-    profiles: dict[str, dict[str, Any]], host: str, port: int, address: str | None, api_key: str | None,
-    out: str, options: dict[str, Any], replicas: int, grace_s: float, say: Callable[[str], None],
+    profiles: dict[str, dict[str, Any]],
+    host: str,
+    port: int,
+    address: str | None,
+    api_key: str | None,
+    out: str,
+    options: dict[str, Any],
+    replicas: int,
+    grace_s: float,
+    say: Callable[[str], None],
     stop: threading.Event | None = None,
-) -> None:  # fmt: skip
+) -> None:
     """``treesearch serve``: deploys the app, says one ready line, serves until SIGINT/SIGTERM,
     then drains the searches in flight (up to ``grace_s``) and stops."""
     import logging
@@ -185,17 +209,23 @@ def serve_forever(
             signal.signal(sig, lambda *_: stop.set())  # type: ignore[union-attr]
     try:
         t0 = time.perf_counter()
-        serve.start(http_options={"host": host, "port": port},
-                    logging_config={"log_level": "WARNING", "enable_access_log": False})  # fmt: skip
+        serve.start(
+            http_options={"host": host, "port": port},
+            logging_config={"log_level": "WARNING", "enable_access_log": False},
+        )
         ingress = SearchIngress.options(num_replicas=replicas, graceful_shutdown_timeout_s=grace_s)
         serve.run(
             ingress.bind(profiles, Pools.bind(profiles), options, api_key, out), name=APP, route_prefix="/"
         )
         took = time.perf_counter() - t0
-        say(f"treesearch serving {', '.join(profiles)} at http://{host}:{port}/v1 (ready in {took:.0f} s; "
-            f"searches written to {out}/<ingress replica>; Ctrl-C stops)")  # fmt: skip
-        while not stop.wait(0.5):
-            pass
+        with LoadMonitor(_pool_handles(), say=say):  # a replica's death: one line of ours
+            names = ", ".join(profiles)
+            say(
+                f"treesearch serving {names} at http://{host}:{port}/v1 (ready in {took:.0f} s; "
+                f"searches written to {out}/<ingress replica>; Ctrl-C stops)"
+            )
+            while not stop.wait(0.5):
+                pass
         say(f"stopping: draining searches in flight (at most {grace_s:.0f} s)")
         serve.delete(APP)  # the ingress replicas finish what they hold, up to the grace period
     finally:

@@ -139,7 +139,7 @@ def driver(
 ) -> subprocess.Popen:
     config = ROOT / "configs" / ("game24-beam.yaml" if args.smoke else "game24.yaml")
     cmd = [sys.executable, "-m", "treesearch.cli", "run", str(config), "--address",
-           address, "--out", str(out), "--quiet", "--limit", str(args.problems)]  # fmt: skip
+           address, "--out", str(out), "--limit", str(args.problems)]  # fmt: skip
     for s in SMOKE if args.smoke else REAL:
         cmd += ["--set", s]
     env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"}

@@ -2,6 +2,7 @@
 figures live in benchmarks/README.md)."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -89,3 +90,8 @@ def test_chaos_smoke_loses_nothing_under_kills_a_hang_and_a_driver_kill(tmp_path
     assert r["hang_cleared_s"] is not None
     assert r["answered"] == r["unique"] == r["problems"] == 40 and r["failed"] == 0 and r["broken"] == []
     assert proc.stdout.strip().splitlines()[-1].startswith("ratio:")
+    # the driver's stderr tells of the killed replicas in one line of ours each, not Ray's paragraph
+    log = (tmp_path / "w" / "chaos.log").read_text().splitlines()
+    told = [x for x in log if re.match(r"(generator|PRM) replica \d (down|not answering|died)", x)]
+    assert len(told) >= 3, log
+    assert not any("worker died" in x.lower() or "raylet" in x.lower() for x in log), log

@@ -82,6 +82,28 @@ def test_job_pool_on_ray_equals_in_process(tmp_path, plane: RayPlane, algo):
     assert ray_summary["ledger"]["early_stops"] >= 1
 
 
+def test_save_trees_false_writes_no_tree_on_the_driver_engine(tmp_path, plane: RayPlane):
+    """``run.save_trees: false`` on Ray with the engine in the driver (always the case with a job
+    budget): no tree is serialised or written (the driver's plane once dropped the setting)."""
+    cfg = _cfg("beam", "run.save_trees=false", "budget.scope=job", "budget.generated_tokens=300")
+    job = resolve(cfg)
+    rows: list = []
+    plane_run = plane.run
+
+    async def spy(job, problems, on_row, failures):
+        return await plane_run(
+            job, problems, lambda row, tree: (rows.append(tree), on_row(row, tree)), failures
+        )
+
+    plane.run = spy  # type: ignore[method-assign]
+    try:
+        run_job(job, tmp_path, plane, progress=False)
+    finally:
+        plane.run = plane_run  # type: ignore[method-assign]
+    assert len(rows) == 8 and rows == [None] * 8  # no tree bytes even made
+    assert not (tmp_path / "trees").exists() and len(_rows(tmp_path)) == 8
+
+
 def test_prefix_affinity_keeps_each_tree_on_one_replica(tmp_path, plane: RayPlane):
     cfg = _cfg("beam", "run.limit=16")
     before = list(plane.generator.router.stats.routed)
