@@ -61,6 +61,10 @@ class GeneratorClient:
     def dispatch(self, requests: list[ExpandRequest], answers: list[Reply]) -> None:
         self.router.dispatch(requests, answers)
 
+    def in_flight(self) -> int:
+        """Requests sent to the replicas and not yet answered."""
+        return sum(self.router.load)
+
 
 class ScorerClient:
     """Scoring on PRM replicas; token upper bounds counted here, exact counts there."""

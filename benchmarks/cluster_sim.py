@@ -121,7 +121,7 @@ def main() -> None:
     ap.add_argument("--concurrency-per-replica", type=int, default=12)
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args()
-    sizes = [1, 4] if args.smoke else [int(x) for x in args.replicas.split(",")]
+    sizes = [4] if args.smoke else [int(x) for x in args.replicas.split(",")]
     per = 4 if args.smoke else args.per_replica
     if args.smoke:  # faster rates: the smoke checks the script, and finishes in seconds
         args.time_scale = 5.0

@@ -15,7 +15,10 @@ seconds over the warm service's p50 at C = 1 (target >= 10x); whether the C = 10
 lies in the batch run's interval; the small requests' p99 beside the big one over alone
 (target <= 2x).
 
-    .venv/bin/python -m benchmarks.serve_load [--clients 1,8,32,100] [--smoke]
+    .venv/bin/python -m benchmarks.serve_load [--clients 1,8,32,100] [--smoke] [--url URL --model ID]
+
+``--url``: a service already running (its ``/v1`` base URL) instead of starting one; it must
+serve ``--model`` with the same config (and, for the fairness request, a budget cap of 10x).
 """
 
 from __future__ import annotations
@@ -83,12 +86,12 @@ def start_server(config: str, sets: list[str], out: Path) -> tuple[subprocess.Po
     return proc, f"http://127.0.0.1:{port}/v1"
 
 
-def load(url: str, model: str, puzzles: list, clients: int, budget: int) -> dict:
+def load(url: str, key: str, model: str, puzzles: list, clients: int, budget: int) -> dict:
     """Every puzzle through ``clients`` concurrent clients: searches/s, latencies, accuracy."""
     import openai
 
     task = Game24("test")
-    client = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=3600)
+    client = openai.OpenAI(base_url=url, api_key=key, max_retries=0, timeout=3600)
 
     def ask(p) -> tuple[float, bool]:
         t0 = time.perf_counter()
@@ -118,11 +121,11 @@ def load(url: str, model: str, puzzles: list, clients: int, budget: int) -> dict
     }
 
 
-def fairness(url: str, model: str, puzzles: list, budget: int) -> tuple[float, float]:
+def fairness(url: str, key: str, model: str, puzzles: list, budget: int) -> tuple[float, float]:
     """The 32 small requests' p99 alone, and beside one request of 10x their budget."""
     import openai
 
-    client = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=3600)
+    client = openai.OpenAI(base_url=url, api_key=key, max_retries=0, timeout=3600)
 
     def ask(content: str, tokens: int) -> float:
         t0 = time.perf_counter()
@@ -152,9 +155,12 @@ def main() -> None:
     ap.add_argument(
         "--smoke", action="store_true", help="deterministic backends, 12 puzzles: checks the script"
     )
+    ap.add_argument("--url", default=None, help="a running service's /v1 URL (default: start one)")
+    ap.add_argument("--model", default=None, help="its model id (default: the config's name)")
+    ap.add_argument("--api-key", default="none", help="its API key")
     args = ap.parse_args()
     config = "configs/game24-beam.yaml" if args.smoke else "configs/game24.yaml"
-    model = Path(config).stem
+    model = args.model or Path(config).stem
     n, c1 = (12, 4) if args.smoke else (args.problems, args.c1_problems)
     clients = [1, 4, 12] if args.smoke else [int(x) for x in args.clients.split(",")]
     budget = 2000 if args.smoke else args.budget
@@ -165,15 +171,17 @@ def main() -> None:
         summary = batch(config, job_sets, n, Path(tmp) / "batch")
         cold = cold_one(config, job_sets, Path(tmp) / "cold")
         # the profile's cap allows the fairness test's 10x request
-        proc, url = start_server(
+        proc, url = (None, args.url) if args.url else start_server(
             config, ["--set", f"budget.generated_tokens={10 * budget}"], Path(tmp) / "serve"
-        )
+        )  # fmt: skip
         try:
-            rows = [load(url, model, puzzles[:c1] if c == 1 else puzzles, c, budget) for c in clients]
-            alone, beside = fairness(url, model, puzzles, budget)
+            rows = [load(url, args.api_key, model, puzzles[:c1] if c == 1 else puzzles, c, budget)
+                    for c in clients]  # fmt: skip
+            alone, beside = fairness(url, args.api_key, model, puzzles, budget)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=120)
+            if proc is not None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=120)
     batch_per_s = summary["n_problems"] / summary["ledger"]["wall_seconds"]
     lo, hi = wilson(round(summary["accuracy"] * summary["n_problems"]), summary["n_problems"])
     print(f"{model} on {n} test puzzles, {budget} generated tokens each, {os.cpu_count()} cores")

@@ -117,7 +117,7 @@ def math_overrides(models, dataset, prm="qwen_prm"):
         f"task.path={dataset}",
         "task.fields={answer: solution, id: uid}",
         "task.max_steps=3",
-        f"generator={{backend: vllm, model: {policy}, dtype: float32, gpu_memory_utilization: 0.2, "
+        f"generator={{backend: vllm, model: {policy}, dtype: float32, gpu_memory_utilization: 0.1, "
         "enforce_eager: true, max_model_len: 512, max_step_tokens: 16, add_special_tokens: false, "
         "resources: {num_cpus: 0}}",
         f"prm={{backend: {prm}, model: {qwen if prm == 'qwen_prm' else shepherd}, "

@@ -31,7 +31,7 @@ def test_benchmark_smoke(name, takes_long):
 
 
 ON_RAY = ["hot_path", "dispatch_overhead", "async_vs_lockstep", "cluster_sim", "workers", "long_job"]
-ON_RAY += ["serve_load"]
+# serve_load's smoke runs in tests/test_service.py, against the module's `treesearch serve`
 
 
 @pytest.mark.parametrize("name", ON_RAY)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from treesearch.backends.deterministic import NoisyOracleGenerator, RulePRM
 from treesearch.budget import BUDGET_UNITS, Budget, BudgetGuard, Ledger
-from treesearch.protocol import ScoreResult
+from treesearch.protocol import ExpandRequest, ScoreResult
 from treesearch.results import JobFailed
 from treesearch.tasks.game24 import Game24
 
@@ -209,7 +209,8 @@ def test_a_batch_that_returns_after_its_search_was_cancelled_is_dropped_quietly(
         gen = HeldGenerator()
         batcher = Batcher(gen, scorer=RulePRM(Game24("dev")))
         batcher.open_slots(1)
-        search = asyncio.ensure_future(batcher.generate(["a", "b"]))
+        asks = [ExpandRequest("p", node, b"", 1, 8, "\n") for node in (1, 2)]
+        search = asyncio.ensure_future(batcher.generate(asks))
         await asyncio.sleep(0)  # submitted and flushed: one batch in flight
         assert batcher.generator_batches == 1
         search.cancel()

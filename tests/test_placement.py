@@ -15,7 +15,7 @@ from ray import PlacementGroupID
 from ray.util.placement_group import PlacementGroup, placement_group_table
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from actors.replicas import check_placement, start_pool
+from actors.replicas import check_placement, launch_pool, start_pool, wait_pools
 from treesearch.backends import GENERATORS, Backend, register
 from treesearch.backends.deterministic import (
     ByteTokenizer,
@@ -183,7 +183,7 @@ def test_two_vllm_engines_share_one_gpu_at_half_each(eight_gpus, uses_vllm):
     from actors.replica import encode_batch
     from treesearch.protocol import ExpandRequest, ScoreRequest
 
-    engine = "dtype: float32, gpu_memory_utilization: 0.2, enforce_eager: true, max_model_len: 256"
+    engine = "dtype: float32, gpu_memory_utilization: 0.1, enforce_eager: true, max_model_len: 256"
     half = "{num_gpus: 0.5, num_cpus: 0}"
     cfg = _sections(
         None,
@@ -192,8 +192,9 @@ def test_two_vllm_engines_share_one_gpu_at_half_each(eight_gpus, uses_vllm):
             f"prm={{backend: math_shepherd, engine: vllm, {engine}, resources: {half}}}",
         ],
     )
-    gen, prm = start_pool(cfg.generator, 0, "generator"), start_pool(cfg.prm, 0, "PRM")
+    gen, prm = launch_pool(cfg.generator, 0, "generator"), launch_pool(cfg.prm, 0, "PRM")
     try:
+        wait_pools([gen, prm])  # both engines start at once
         gp, pp = ray.get(gen.handles[0].placement.remote()), ray.get(prm.handles[0].placement.remote())
         assert check_placement(cfg.generator.resources, 1, [gp]) == []
         assert check_placement(cfg.prm.resources, 1, [pp]) == []

@@ -52,7 +52,7 @@ def _overrides(models, *extra):
     return [
         "run.limit=2",
         "budget.generated_tokens=400",
-        "generator={backend: vllm, dtype: float32, gpu_memory_utilization: 0.2, enforce_eager: true, "
+        "generator={backend: vllm, dtype: float32, gpu_memory_utilization: 0.1, enforce_eager: true, "
         "max_model_len: 256, block_size: 32, max_step_tokens: 24, resources: {num_cpus: 0}}",
         "prm={backend: math_shepherd, resources: {num_cpus: 0}}",
         *extra,
@@ -136,7 +136,7 @@ def test_vllm_pooling_prm_matches_transformers(models):
         "engine": "vllm",
         "model": str(prm),
         "dtype": "float32",
-        "gpu_memory_utilization": 0.2,
+        "gpu_memory_utilization": 0.1,
         "enforce_eager": True,
         "max_model_len": 256,
     }
@@ -288,7 +288,7 @@ def test_qwen_prm_through_vllm_pooling_equals_transformers(tmp_path):
     vllm_section = {
         **section,
         "engine": "vllm",
-        "gpu_memory_utilization": 0.2,
+        "gpu_memory_utilization": 0.1,
         "enforce_eager": True,
         "max_model_len": 256,
     }

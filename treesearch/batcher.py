@@ -120,7 +120,8 @@ def sender(transport: Any, call: Callable[[list[Any]], Awaitable[list[Any]]]) ->
 
 
 class Batcher:
-    """Collects requests from all running searches; flushes when none can add more.
+    """Collects requests from all running searches; flushes when none can add more. Requests
+    are the protocol's (``ExpandRequest``, ``ScoreRequest``): each names its ``problem_id``.
 
     ``active`` counts searches running, ``waiting`` those whose latest submission still has
     unanswered requests. When ``waiting == active`` nothing more can be added before some
@@ -130,6 +131,9 @@ class Batcher:
 
     Attributes:
       generator_batches, scorer_batches: backend calls made (chunks sent).
+      generator_requests: requests those generator calls carried.
+      max_searches_per_call: the most searches (trees) one generator call served: > 1 when
+        searches are batched together at the pool.
       dropped: requests of cancelled searches dropped before they were sent.
       lockstep: benchmark baseline: nothing is sent while any request is in flight.
     """
@@ -141,6 +145,8 @@ class Batcher:
         self.waiting = 0
         self.generator_batches = 0
         self.scorer_batches = 0
+        self.generator_requests = 0
+        self.max_searches_per_call = 0
         self.cancelled = 0  # submissions cancelled since the last flush
         self.dropped = 0
         self._in_flight = 0  # lockstep: requests sent and not yet answered
@@ -148,6 +154,10 @@ class Batcher:
         self._score: tuple[list[Any], list[Reply]] = ([], [])
         self._send_gen = sender(generator, generator.generate)
         self._send_score = sender(scorer, scorer.score)
+
+    def pending(self) -> int:
+        """Requests queued here, not yet sent."""
+        return len(self._gen[0]) + len(self._score[0])
 
     async def generate(self, requests: Sequence[Any]) -> list[Any]:
         return await self._submit(self._gen, requests)
@@ -213,6 +223,10 @@ class Batcher:
                 del requests[: self.max_batch], answers[: self.max_batch]
                 if is_gen:
                     self.generator_batches += 1
+                    self.generator_requests += len(chunk)
+                    searches = len({r.problem_id for r in chunk})
+                    if searches > self.max_searches_per_call:
+                        self.max_searches_per_call = searches
                 else:
                     self.scorer_batches += 1
                 if self.lockstep:

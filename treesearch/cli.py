@@ -170,6 +170,7 @@ def _add_serve(sub: Any) -> None:
     srv.add_argument(
         "--max-queued", type=int, default=256, help="requests waiting per ingress replica (then 429)"
     )
+    srv.add_argument("--retry-after-s", type=float, default=1.0, help="Retry-After of a 429 (seconds)")
     srv.add_argument("--retain", type=int, default=10_000, help="searches kept in the run dir")
     srv.add_argument(
         "--grace-s", type=float, default=30.0, help="on SIGINT/SIGTERM, how long searches may finish"
@@ -330,16 +331,19 @@ def _serve(args: argparse.Namespace) -> int:
     import os
 
     for name in ("port", "replicas", "max_in_flight", "max_queued", "retain"):
-        if getattr(args, name) < 1 or (name == "port" and args.port > 65535):
+        low = 0 if name == "max_queued" else 1  # no queue: refused when all are busy
+        if getattr(args, name) < low or (name == "port" and args.port > 65535):
             raise ConfigError(f"--{name.replace('_', '-')}: {getattr(args, name)} is out of range")
-    if args.grace_s < 0:
-        raise ConfigError(f"--grace-s: {args.grace_s} is below 0")
+    for name, value in (("grace-s", args.grace_s), ("retry-after-s", args.retry_after_s)):
+        if not 0 <= value < 1e6:
+            raise ConfigError(f"--{name}: {value} is out of range [0, 1e6)")
     try:
         from actors.service import load_profiles, serve_forever
     except ImportError as e:
         raise ConfigError(f"serving needs Ray Serve ({e.name}): install treesearch[ray]") from e
     profiles = load_profiles(args.configs, args.overrides)
-    options = {"max_in_flight": args.max_in_flight, "max_queued": args.max_queued, "retain": args.retain}
+    options = {"max_in_flight": args.max_in_flight, "max_queued": args.max_queued, "retain": args.retain,
+               "retry_after_s": args.retry_after_s}  # fmt: skip
     key = args.api_key if args.api_key is not None else os.environ.get("TREESEARCH_API_KEY") or None
     say = lambda line: print(line, flush=True)  # noqa: E731
     serve_forever(profiles, args.host, args.port, args.address, key, str(Path(args.out).resolve()), options,

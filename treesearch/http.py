@@ -3,6 +3,7 @@
     GET  /v1/models                 the profiles
     POST /v1/chat/completions       a search (``stream: true``: server-sent events)
     GET  /v1/trees/{tree_id}        the search tree: the export JSON, or ``?format=html`` the viewer
+    GET  /v1/status                 what this ingress is doing (:meth:`SearchService.status`)
 
 Every error is OpenAI's shape (``{"error": {message, type, param, code}}``) with its status:
 400 a bad parameter (``param`` set), 401 a missing or wrong API key (compared in constant
@@ -72,6 +73,10 @@ def make_app(service: SearchService, api_key: str | None = None, max_body: int =
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         return api.model_list(list(service.profiles), service.created)
+
+    @app.get("/v1/status")
+    async def status() -> dict[str, Any]:
+        return service.status()
 
     @app.get("/v1/trees/{tree_id}")
     async def tree(tree_id: str, format: str = "json") -> Response:

@@ -23,15 +23,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-import json
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
-
-import yaml
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from treesearch.algorithms import parse_algorithm
 from treesearch.budget import Budget
@@ -41,11 +38,11 @@ from treesearch.export import to_json_doc
 from treesearch.feed import Lease
 from treesearch.job import Job, transports
 from treesearch.openai_api import APIError, ChatRequest
-from treesearch.progress import Progress
 from treesearch.protocol import Generator, Scorer
 from treesearch.results import ProblemResult
 from treesearch.schema import build
 from treesearch.selection import chain_score
+from treesearch.service_runs import RunStore
 from treesearch.tasks.base import Problem
 from treesearch.tree import TERMINAL, Tree
 
@@ -93,7 +90,7 @@ class Outcome:
     problem: Problem
     result: ProblemResult
     tree: Tree
-    stopped: str  # verified | threshold | budget | complete | deadline
+    stopped: str  # verified | threshold | budget | complete | deadline | cancelled
     budget: dict[str, float]
     algorithm: str
 
@@ -106,6 +103,13 @@ class Observer(Protocol):
     def queue(self, running: int, waiting: int) -> None: ...
 
     def refused(self) -> None: ...
+
+
+@runtime_checkable
+class InFlight(Protocol):
+    """A transport that knows how many of its requests are at its replicas now."""
+
+    def in_flight(self) -> int: ...
 
 
 class Terms(NamedTuple):
@@ -198,7 +202,8 @@ class SearchService:
             self.profiles[name] = Profile(name, job, engine, generator, problems)
         first = next(iter(jobs.values()))
         self.store = RunStore(run_dir, options.retain, first.to_dict()) if run_dir is not None else None
-        self.latencies: collections.deque[float] = collections.deque(maxlen=10_000)
+        self.latencies: collections.deque[float] = collections.deque(maxlen=10_000)  # the newest
+        self.answered = 0
 
     # ------------------------------------------------------------------ requests
     def profile(self, name: str) -> Profile:
@@ -229,6 +234,7 @@ class SearchService:
             finally:
                 profile.problems.pop(problem.id, None)
             self.latencies.append(time.perf_counter() - started)
+            self.answered += 1
             if self.observer is not None:
                 self.observer.done(profile.name, self.latencies[-1])
         if self.store is not None:
@@ -302,10 +308,14 @@ class SearchService:
                 wait = 1.0 if stop_at is None else max(0.0, min(1.0, stop_at - time.monotonic()))
                 await asyncio.wait([task], timeout=wait)
                 if not task.done() and stop_at is not None and time.monotonic() >= stop_at:
-                    return await self._hard_stop(profile, problem, spec, terms, task)
+                    return await self._cut(profile, problem, spec, terms, task, "deadline")
                 if not task.done() and progress is not None:
                     progress(self._figures(engine, problem.id))
             result, tree = task.result()
+        except asyncio.CancelledError:  # the client went away: its search stops, its cost is booked
+            if not task.done() and self.store is not None:
+                self.store.write(await self._cut(profile, problem, spec, terms, task, "cancelled"))
+            raise
         finally:
             task.cancel()
         stopped = result.stop_reason
@@ -313,11 +323,17 @@ class SearchService:
             stopped = "deadline"
         return Outcome(problem.id, profile, problem, result, tree, stopped, terms.budget, terms.algorithm)
 
-    async def _hard_stop(
-        self, profile: Profile, problem: Problem, spec: SearchSpec, terms: Terms, task: asyncio.Future
+    async def _cut(
+        self,
+        profile: Profile,
+        problem: Problem,
+        spec: SearchSpec,
+        terms: Terms,
+        task: asyncio.Future,
+        reason: str,
     ) -> Outcome:
-        """The deadline and its grace are past: the search is cancelled and the best finished
-        chain of its tree so far is the answer."""
+        """Cancels a running search (its deadline and grace are past, or its client went away);
+        the best finished chain of its tree so far is the answer, its ledger what it spent."""
         engine = profile.engine
         tree = engine.trees.trees.get(problem.id) or Tree(problem.prompt, [], problem.id)
         guard = engine.trees.guards.get(problem.id)
@@ -329,8 +345,8 @@ class SearchService:
         from treesearch.results import evaluate
 
         result = evaluate(problem, spec.task, tree, node, ledger if ledger is not None else _empty_ledger())
-        result.stop_reason = "deadline"
-        return Outcome(problem.id, profile, problem, result, tree, "deadline", terms.budget, terms.algorithm)
+        result.stop_reason = reason
+        return Outcome(problem.id, profile, problem, result, tree, reason, terms.budget, terms.algorithm)
 
     @staticmethod
     def _figures(engine: Engine, problem_id: str) -> dict[str, Any]:
@@ -346,6 +362,36 @@ class SearchService:
             "best_score": max(scored, default=None),
             "generated_tokens": spent.policy_generated_tokens,
             "prm_tokens": spent.prm_tokens,
+        }
+
+    def status(self) -> dict[str, Any]:
+        """What this ingress is doing now: admission, answers' latency (s) and, per model, its
+        open searches, the requests queued at its engine or in flight at its generator pool,
+        and the generator calls made (``max_searches_per_generator_call`` > 1: searches of
+        different requests shared a call)."""
+        lat = sorted(self.latencies)
+        pct = {f"p{p}": round(lat[min(len(lat) - 1, len(lat) * p // 100)], 3) for p in (50, 95) if lat}
+        models = {}
+        for name, p in self.profiles.items():
+            batcher = p.engine.batcher
+            models[name] = {
+                "searches": len(p.engine.trees.trees),
+                "queued_requests": batcher.pending(),
+                "generator_in_flight": p.generator.in_flight() if isinstance(p.generator, InFlight) else None,
+                "generator_calls": batcher.generator_batches,
+                "generator_requests": batcher.generator_requests,
+                "max_searches_per_generator_call": batcher.max_searches_per_call,
+                "dropped_requests": batcher.dropped,
+            }
+        adm = self.admission
+        return {
+            "uptime_s": round(time.time() - self.created, 1),
+            "running": adm.running,
+            "queued": len(adm.waiting),
+            "rejected": adm.rejected,
+            "answered": self.answered,
+            "latency_s": pct,
+            "models": models,
         }
 
     # ------------------------------------------------------------------ trees
@@ -420,49 +466,3 @@ def summary(outcome: Outcome, picked: Sequence[dict[str, Any]], return_tree: str
     elif return_tree == "full":
         out["tree"] = to_json_doc(tree)
     return out
-
-
-# ----------------------------------------------------------------------------- the run dir
-class RunStore:
-    """The service's run dir: ``results.jsonl`` (a row per request), ``trees/<tree_id>.msgpack``
-    and a live ``status.json``; past ``retain`` requests the oldest trees are deleted (and the
-    rows of ``results.jsonl`` cut to the newest ``retain`` when it holds twice as many)."""
-
-    def __init__(self, out: Path, retain: int, config: dict[str, Any]):
-        self.out, self.retain = out, retain
-        (out / "trees").mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))  # the viewer reads the task
-        self.rows: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
-        self.lines = 0
-        self.progress = Progress(0, 0, None, out / "status.json", open_ended=True)
-
-    def has(self, tree_id: str) -> bool:
-        return tree_id in self.rows and (self.out / "trees" / f"{tree_id}.msgpack").is_file()
-
-    def get(self, tree_id: str) -> tuple[Tree, dict[str, Any]]:
-        return Tree.from_msgpack((self.out / "trees" / f"{tree_id}.msgpack").read_bytes()), self.rows[tree_id]
-
-    def write(self, outcome: Outcome) -> None:
-        row = {
-            **outcome.result.to_json(),
-            "model": outcome.profile.name,
-            "algorithm": outcome.algorithm,
-            "stop_reason": outcome.stopped,
-        }
-        tmp = self.out / "trees" / f".{outcome.request_id}.tmp"
-        tmp.write_bytes(outcome.tree.to_msgpack())
-        tmp.replace(self.out / "trees" / f"{outcome.request_id}.msgpack")
-        with (self.out / "results.jsonl").open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        self.lines += 1
-        self.rows[outcome.request_id] = row
-        while len(self.rows) > self.retain:
-            old, _ = self.rows.popitem(last=False)
-            (self.out / "trees" / f"{old}.msgpack").unlink(missing_ok=True)
-        if self.lines > 2 * self.retain:  # keep the newest rows
-            lines = (self.out / "results.jsonl").read_text().splitlines()[-self.retain :]
-            tmp = self.out / ".results.jsonl.tmp"
-            tmp.write_text("".join(line + "\n" for line in lines))
-            tmp.replace(self.out / "results.jsonl")
-            self.lines = len(lines)
-        self.progress.update(row)
