@@ -1,26 +1,33 @@
 """Search jobs on a Ray cluster through Ray Jobs (``ray.job_submission.JobSubmissionClient``).
 
 ``submit`` validates the config locally, stages a working dir holding the resolved config and
-the ``treesearch`` / ``actors`` packages, and submits ``python -m treesearch.cli run job.yaml
---address auto --out OUT --resume`` to run with the cluster's interpreter (so a resubmitted job
-pointing at the same OUT continues it). The job's metadata records OUT, so ``results`` finds
-the run dir. Ray's token authentication is handled by Ray's client: the token comes from
+the ``treesearch`` / ``actors`` packages, asks the cluster's Python whether it can run the job
+(:func:`preflight`, a tiny Ray job with the same interpreter and runtime env), and submits
+``PYTHON -m treesearch.cli run job.yaml --address auto --out OUT --resume`` (so a resubmitted
+job pointing at the same OUT continues it). ``PYTHON`` is ``python`` on the cluster's PATH
+unless ``--python`` names one; ``--pip`` / ``--uv`` install treesearch[ray]'s requirements (or
+a requirements file) for the job through its runtime env. The job's metadata records OUT, so
+``results`` finds the run dir. A FAILED or STOPPED job's ``status`` / ``watch`` / ``results``
+say why (:mod:`treesearch.job_failure`). Ray's token authentication: the token comes from
 ``RAY_AUTH_TOKEN`` or Ray's default token file.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import os
 import shlex
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import ray
 import yaml
 from ray.job_submission import JobStatus, JobSubmissionClient
 
@@ -28,7 +35,9 @@ import actors
 import treesearch
 from treesearch.config import load_config
 from treesearch.errors import ConfigError
-from treesearch.job import typed_sections
+from treesearch.job import cluster_needs, typed_sections
+from treesearch.job_failure import explain, last_error_line
+from treesearch.preflight import PROBE, Needs, parse, problems, requirements
 from treesearch.progress import describe_status
 from treesearch.runner import results_text
 from treesearch.storage import is_uri, read_text
@@ -50,6 +59,9 @@ def auth_headers() -> dict[str, str]:
 
 
 def client(address: str) -> JobSubmissionClient:
+    # Ray's INFO lines about uploading the working dir are not the user's business on stderr
+    for name in ("ray.dashboard.modules.dashboard_sdk", "ray._private.runtime_env.packaging"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         return JobSubmissionClient(address, headers=auth_headers())
     except Exception as e:  # connection, auth and version errors alike
@@ -58,25 +70,106 @@ def client(address: str) -> JobSubmissionClient:
         ) from e
 
 
-def submit(
-    config: str, address: str, out: str, overrides: Sequence[str] = (), name: str | None = None
+def packages(installer: str | None, requirements_file: str | None) -> dict[str, list[str]]:
+    """The runtime env's ``pip`` / ``uv`` entry (``installer``): the requirements of
+    treesearch[ray] as installed here, or the lines of ``requirements_file``."""
+    if installer is None:
+        return {}
+    if requirements_file:
+        try:
+            text = Path(requirements_file).read_text()
+        except OSError as e:
+            raise ConfigError(f"--{installer} {requirements_file}: cannot read it ({e.strerror})") from e
+        reqs = [line.split("#")[0].strip() for line in text.splitlines()]
+        reqs = [r for r in reqs if r]
+    else:
+        reqs = requirements("ray")
+    if not reqs:
+        raise ConfigError(f"--{installer}: no requirements to install (give a requirements file)")
+    return {installer: reqs}
+
+
+def _wait_ended(c: JobSubmissionClient, job_id: str, timeout_s: float) -> JobStatus:
+    deadline = time.monotonic() + timeout_s
+    while (state := c.get_job_status(job_id)) not in TERMINAL_STATES:
+        if time.monotonic() > deadline:
+            c.stop_job(job_id)
+            raise ConfigError(f"preflight: the cluster did not run it within {timeout_s:g} s ({state.value})")
+        time.sleep(0.25)
+    return state
+
+
+def preflight(
+    c: JobSubmissionClient, python: str, runtime_env: dict, needs: Needs, timeout_s: float = 600.0
 ) -> str:
-    """Submits a run of ``config``; returns the job id."""
+    """Runs :data:`treesearch.preflight.PROBE` as a tiny Ray job with the interpreter and
+    runtime env the real job will have. Returns a one-line summary of what it found; raises
+    ConfigError with the first shortfall (one line, with its fix)."""
+    job = c.submit_job(
+        entrypoint=f"{shlex.quote(python)} -c {shlex.quote(PROBE)} {shlex.quote(needs.as_json())}",
+        runtime_env=runtime_env,
+        submission_id=f"treesearch-preflight-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}",
+    )
+    try:
+        _wait_ended(c, job, timeout_s)
+        log = c.get_job_logs(job)
+        report = parse(log)
+        if report is None:  # the interpreter did not even start, or the runtime env failed
+            lines = [line.strip() for line in log.splitlines() if line.strip()]
+            message = (c.get_job_info(job).message or "").strip().splitlines()
+            cause = last_error_line(log) or (lines[-1] if lines else message[0] if message else "no output")
+            raise ConfigError(f"preflight: the cluster cannot run {python}: {cause}")
+    finally:
+        with contextlib.suppress(Exception):  # the probe leaves no entry in `ray job list`
+            c.delete_job(job)
+    found = problems(report, needs, {"treesearch": treesearch.__version__, "ray": ray.__version__})
+    if found:
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise ConfigError(f"preflight: {found[0]}{more}")
+    return f"preflight ok: python {report['version']} at {report['python']}, ray {report['modules']['ray']}"
+
+
+def submit(
+    config: str,
+    address: str,
+    out: str,
+    overrides: Sequence[str] = (),
+    name: str | None = None,
+    python: str = "python",
+    installer: str | None = None,
+    requirements_file: str | None = None,
+    check: bool = True,
+    say: Callable[[str], None] = lambda line: None,
+) -> str:
+    """Submits a run of ``config``; returns the job id. ``python``: the entrypoint's
+    interpreter on the cluster; ``installer`` (``pip`` / ``uv``): install treesearch[ray]'s
+    requirements (or ``requirements_file``'s) for the job; ``check``: run :func:`preflight`
+    first. ``say`` gets the one line that echoes everything set."""
     cfg = load_config(config, overrides)
-    typed_sections(cfg)  # every field in range here; models and data are checked on the cluster
+    sections = typed_sections(cfg)  # every field in range; models and data are checked on the cluster
     if not is_uri(out) and not Path(out).is_absolute():
         raise ConfigError(f"--out {out}: give an absolute path (on the cluster) or a URI")
+    env_packages = packages(installer, requirements_file)
+    c = client(address)
     stage = Path(tempfile.mkdtemp(prefix="treesearch-job-"))
     try:
         for pkg in (treesearch, actors):
             src = Path(pkg.__file__).parent
             shutil.copytree(src, stage / src.name, ignore=shutil.ignore_patterns("__pycache__"))
         (stage / "job.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        entrypoint = f"python -m treesearch.cli run job.yaml --address auto --resume --out {shlex.quote(out)}"
+        runtime_env = {"working_dir": str(stage), **env_packages}
+        checked = preflight(c, python, runtime_env, cluster_needs(sections)) if check else "no preflight"
+        run = "-m treesearch.cli run job.yaml --address auto --resume --out"
+        entrypoint = f"{shlex.quote(python)} {run} {shlex.quote(out)}"
+        installs = "".join(f", {k} {len(v)} requirements" for k, v in env_packages.items())
+        say(
+            f"submit: entrypoint {entrypoint}; runtime_env working_dir (treesearch "
+            f"{treesearch.__version__}, actors, job.yaml){installs}; address {address}; {checked}"
+        )
         stem = name or Path(config).stem
-        return client(address).submit_job(
+        return c.submit_job(
             entrypoint=entrypoint,
-            runtime_env={"working_dir": str(stage)},
+            runtime_env=runtime_env,
             submission_id=f"treesearch-{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{stage.name[-6:]}",
             metadata={"treesearch_out": out, "treesearch_config": Path(config).name},
         )
@@ -88,17 +181,28 @@ def snapshot(address: str, job_id: str) -> tuple[str, bool]:
     """The job's state; below it, once the run has started, its live figures and each
     replica's load (the run dir's ``status.json``, read where the job's metadata says the run
     dir is). Second: whether the job has ended."""
-    info = client(address).get_job_info(job_id)
+    c = client(address)
+    info = c.get_job_info(job_id)
     state = str(info.status.value)
     ended = info.status in TERMINAL_STATES
+    lines = [state, *why(c, job_id, state, info.message)]
     out = (info.metadata or {}).get("treesearch_out")
-    if not out:
-        return state, ended
+    if out:
+        # not started yet, or not readable from here
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            lines.append(describe_status(json.loads(read_text(out, "status.json"))))
+    return "\n".join(lines), ended
+
+
+def why(c: JobSubmissionClient, job_id: str, state: str, message: str | None) -> list[str]:
+    """A FAILED / STOPPED job's reason lines (Ray's message, the log's last error, a hint)."""
+    if state not in ("FAILED", "STOPPED"):
+        return []
     try:
-        live = json.loads(read_text(out, "status.json"))
-        return f"{state}\n{describe_status(live)}", ended
-    except (OSError, ValueError, KeyError, TypeError):  # not started yet, or not readable from here
-        return state, ended
+        log = c.get_job_logs(job_id)
+    except Exception:  # the logs may be gone with their node; Ray's message remains
+        log = ""
+    return explain(state, message, log)
 
 
 def status(address: str, job_id: str) -> str:
@@ -131,10 +235,22 @@ def stop(address: str, job_id: str, wait_s: float = 60.0) -> str:
     return str(c.get_job_status(job_id).value)
 
 
-def results(address: str, job_id: str) -> str:
-    """The job's summary; while it runs (or if it failed), a partial one marked as such."""
-    info = client(address).get_job_info(job_id)
+def results(address: str, job_id: str) -> tuple[str, bool]:
+    """The job's summary; while it runs (or if it failed), a partial one marked as such. A
+    FAILED / STOPPED job's text starts with why. Second: whether the job failed or stopped."""
+    c = client(address)
+    info = c.get_job_info(job_id)
     out = (info.metadata or {}).get("treesearch_out")
     if not out:
         raise ConfigError(f"job {job_id} was not submitted by treesearch (no run dir in its metadata)")
-    return results_text(out, str(info.status.value))
+    state = str(info.status.value)
+    reasons = why(c, job_id, state, info.message)
+    try:
+        text = results_text(out, state)
+    except (ConfigError, OSError) as e:  # nothing finished (or the run dir is not readable here)
+        if not reasons:
+            raise
+        text = str(e).splitlines()[0]
+    if reasons:
+        return "\n".join([f"job {job_id} {state}", *reasons, text]), True
+    return text, False

@@ -1,6 +1,9 @@
-"""Ray Jobs: a real local head (``ray start --head`` on 127.0.0.1 with the job server), a job
-submitted with ``treesearch submit``, its logs followed, its results read; ``stop`` stops one.
-Also URI outputs (``file://`` through pyarrow) with resume."""
+"""Ray Jobs: a real local head started by the README's walk-through line (on 127.0.0.1 with the
+job server), without the venv on PATH: ``python`` there is a bare interpreter without
+treesearch's dependencies, as on a head started from a system shell. Jobs submitted with
+``treesearch submit --python``, their logs followed, their results read; ``stop`` stops one; the
+preflight refuses a job the cluster's python cannot run; a job that fails says why. Also URI
+outputs (``file://`` through pyarrow) with resume."""
 
 import json
 import os
@@ -16,7 +19,16 @@ import pytest
 
 from .test_cli import CONFIGS
 
-RAY = str(Path(sys.executable).parent / "ray")
+ROOT = Path(__file__).resolve().parents[1]
+VENV_PYTHON = sys.executable
+
+
+def walkthrough() -> list[str]:
+    """The README's cluster walk-through, line by line."""
+    text = (ROOT / "README.md").read_text()
+    return (
+        text.split("<!-- cluster walk-through -->\n```bash\n", 1)[1].split("```", 1)[0].strip().splitlines()
+    )
 
 
 def _free_port() -> int:
@@ -32,33 +44,39 @@ def _cli(*args, timeout=300):
 
 
 @pytest.fixture(scope="module")
-def head(uses_ray):
+def system_shell(tmp_path_factory) -> dict[str, str]:
+    """An environment whose PATH lacks this venv and whose ``python`` has none of treesearch's
+    dependencies (a bare venv of the base interpreter)."""
+    bare = tmp_path_factory.mktemp("bare")
+    subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    venv_bin = str(Path(sys.executable).parent)
+    path = [p for p in os.environ["PATH"].split(":") if p != venv_bin]
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    return {**env, "RAY_ADDRESS": "", "PATH": ":".join([str(bare / "bin"), *path])}
+
+
+@pytest.fixture(scope="module")
+def head(uses_ray, system_shell):
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
+    lines = walkthrough()
+    assert lines[-1] == ".venv/bin/ray stop" and lines[0].startswith(".venv/bin/ray start --head ")
     port, dash = _free_port(), _free_port()
-    # the cluster's interpreter (what `python` means in a job's entrypoint) is this venv's
-    env = {**os.environ, "RAY_ADDRESS": "", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    # --block in a session of its own: the teardown stops this head alone (`ray stop` would stop
-    # every Ray on the machine)
+    start = (
+        lines[0]
+        .replace("--port 6390", f"--port {port}")
+        .replace("--dashboard-port 8265", f"--dashboard-port {dash}")
+    )
+    # --block, in a session of its own, in place of the README's last line: the teardown stops
+    # this head alone (`ray stop` would stop every Ray on the machine)
     head = subprocess.Popen(
-        [
-            RAY,
-            "start",
-            "--head",
-            "--node-ip-address=127.0.0.1",
-            f"--port={port}",
-            "--num-cpus=2",
-            "--include-dashboard=true",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dash}",
-            "--disable-usage-stats",
-            "--block",
-        ],
+        ["bash", "-c", f"exec {start} --block"],
+        cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env=env,
+        env=system_shell,
         start_new_session=True,
     )
     address = f"http://127.0.0.1:{dash}"
@@ -82,48 +100,86 @@ def _wait(address, job, states=("SUCCEEDED", "FAILED", "STOPPED"), timeout=240):
     raise AssertionError(f"job {job} still {state}")
 
 
-def test_submit_follow_logs_and_read_the_same_summary_as_a_local_run(head, tmp_path):
-    out = tmp_path / "cluster-run"
-    sub = _cli(
-        "submit",
-        str(CONFIGS / "game24-beam.yaml"),
-        "--address",
-        head,
-        "--out",
-        str(out),
-        "--limit",
-        "6",
-        "--set",
-        "run.ray_num_cpus=null",
+def test_the_readme_walkthrough_runs_as_written(head, system_shell, tmp_path):
+    dash = head.rsplit(":", 1)[1]
+    out = tmp_path / "sub1"
+    script = "\n".join(walkthrough()[1:-1]).replace("8265", dash).replace('"$PWD/runs/sub1"', str(out))
+    ran = subprocess.run(
+        ["bash", "-c", f"set -euo pipefail\n{script}"],
+        cwd=ROOT,
+        env=system_shell,
+        capture_output=True,
+        text=True,
+        timeout=400,
     )
-    assert sub.returncode == 0, sub.stderr
-    job = sub.stdout.strip().splitlines()[-1]
-    assert job.startswith("treesearch-game24-beam-")
-    logs = _cli("logs", job, "--address", head, "--follow")  # returns when the job ends
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    # submit echoes what it set, and the preflight found the venv's python
+    echo = [x for x in ran.stderr.splitlines() if x.startswith("submit: ")]
+    assert len(echo) == 1 and f"{VENV_PYTHON} -m treesearch.cli run job.yaml" in echo[0], ran.stderr
+    assert "preflight ok: python 3.11" in echo[0] and "ray 2.60.0" in echo[0]
+    assert "\nSUCCEEDED\nfinished: 30/30  accuracy " in ran.stdout  # watch's last block
+    results = ran.stdout.split("\nalgorithm ")[-1]  # results' summary table, after watch's blocks
+    assert "\nproblems                       30\n" in results and "\naccuracy   " in results, ran.stdout
+    assert results.endswith(f"status: SUCCEEDED\nrun dir: {out} (config.yaml, run.json, results.jsonl, "
+                            "summary.json, status.json, trees/<id>.msgpack)\n")  # fmt: skip
+    # the job's logs, its final status, and the same summary as a local run of the same config
+    from actors.jobs import client
+
+    jobs = client(head).list_jobs()
+    (job,) = [j.submission_id for j in jobs if (j.metadata or {}).get("treesearch_out") == str(out)]
+    logs = _cli("logs", job, "--address", head, "--follow")  # the job has ended: returns at once
     assert logs.returncode == 0 and "accuracy" in logs.stdout, logs.stdout[-2000:]
-    assert _wait(head, job) == "SUCCEEDED"
     final = _cli("status", job, "--address", head).stdout.strip().splitlines()
-    assert final[0] == "SUCCEEDED" and final[1].startswith("finished: 6/6  accuracy "), final
-    res = _cli("results", job, "--address", head)
-    assert res.returncode == 0 and str(out) in res.stdout and "SUCCEEDED" in res.stdout
+    assert final[0] == "SUCCEEDED" and final[1].startswith("finished: 30/30  accuracy "), final
     local = tmp_path / "local"
-    assert (
-        _cli(
-            "run",
-            str(CONFIGS / "game24-beam.yaml"),
-            "--in-process",
-            "--quiet",
-            "--limit",
-            "6",
-            "--out",
-            str(local),
-        ).returncode
-        == 0
-    )
+    run = ("run", str(CONFIGS / "game24-beam.yaml"), "--in-process", "--quiet", "--limit", "30")
+    assert _cli(*run, "--out", str(local)).returncode == 0
     a, b = (json.loads((d / "summary.json").read_text()) for d in (out, local))
-    assert a["accuracy"] == b["accuracy"] and a["n_problems"] == b["n_problems"] == 6
+    assert a["accuracy"] == b["accuracy"] and a["n_problems"] == b["n_problems"] == 30
     for k in ("policy_generated_tokens", "prm_tokens", "generator_calls", "nodes"):
         assert a["ledger"][k] == b["ledger"][k]
+
+
+def test_preflight_refuses_what_the_clusters_python_cannot_run(head, tmp_path):
+    from actors.jobs import client
+
+    before = {j.submission_id for j in client(head).list_jobs()}
+    refused = _cli("submit", str(CONFIGS / "game24-beam.yaml"), "--address", head, "--out", str(tmp_path))
+    assert refused.returncode == 2, refused.stderr
+    errors = [x for x in refused.stderr.splitlines() if x.strip()]
+    assert len(errors) == 1, refused.stderr  # one line, naming the module and the fix
+    assert re.match(r"error: preflight: the cluster's python \(.+\) cannot import (yaml|pydantic|msgpack)\b",
+                    errors[0]), errors  # fmt: skip
+    assert "--python PATH" in errors[0] and "--pip" in errors[0]
+    # nothing started: no job, and the probe left no entry either
+    assert {j.submission_id for j in client(head).list_jobs()} == before
+    missing = _cli(
+        "submit", str(CONFIGS / "game24-beam.yaml"), "--address", head, "--out", str(tmp_path),
+        "--python", "/no/such/python",
+    )  # fmt: skip
+    assert missing.returncode == 2 and "cannot run /no/such/python" in missing.stderr, missing.stderr
+
+
+def test_a_failed_job_says_why(head, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    sub = _cli(
+        "submit", str(CONFIGS / "game24-beam.yaml"), "--address", head, "--out", str(blocker / "run"),
+        "--python", VENV_PYTHON, "--no-preflight",
+    )  # fmt: skip
+    assert sub.returncode == 0, sub.stderr
+    assert "; no preflight" in sub.stderr
+    job = sub.stdout.strip().splitlines()[-1]
+    assert _wait(head, job) == "FAILED"
+    cause = f"cause: error: --out {blocker / 'run'}: cannot write there: Not a directory"
+    status = _cli("status", job, "--address", head).stdout.splitlines()
+    assert status[0] == "FAILED" and status[1].startswith("ray: Job entrypoint command failed"), status
+    assert status[2] == cause and status[3].startswith("hint: the run dir cannot be written"), status
+    watched = _cli("watch", job, "--address", head)  # the job has ended: one block, then it returns
+    assert watched.returncode == 0 and cause in watched.stdout.splitlines()
+    res = _cli("results", job, "--address", head)
+    assert res.returncode == 1 and res.stdout.startswith(f"job {job} FAILED\nray: "), res.stdout
+    assert cause in res.stdout and "no problem has finished yet" in res.stdout
 
 
 def test_stop_stops_a_running_job(head, tmp_path):
@@ -136,6 +192,8 @@ def test_stop_stops_a_running_job(head, tmp_path):
         str(tmp_path / "slow"),
         "--set",
         "generator.latency_s=0.5",
+        "--python",
+        VENV_PYTHON,
     )
     assert sub.returncode == 0, sub.stderr
     job = sub.stdout.strip().splitlines()[-1]

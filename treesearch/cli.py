@@ -7,6 +7,7 @@
   treesearch export TREE --format json|graphml|dot|html [-o FILE]
   treesearch view RUN_DIR [--compare RUN_DIR] [-o FILE]
   treesearch submit CONFIG --address http://HEAD:8265 --out DIR|URI [--set key=value]... [--limit N]
+                    [--python PATH] [--pip [REQS] | --uv [REQS]] [--no-preflight]
   treesearch status JOB --address A      treesearch status --run-dir DIR
   treesearch watch JOB --address A [--every S]     treesearch watch --run-dir DIR [--every S]
   treesearch results JOB --address A     treesearch results --run-dir DIR
@@ -129,6 +130,15 @@ def _add_cluster_commands(sub: Any) -> None:
     sub_.add_argument("--out", required=True, help="run dir on the cluster (absolute path) or a URI")
     sub_.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     sub_.add_argument("--limit", type=int, default=None)
+    sub_.add_argument("--python", default="python", metavar="PATH",
+                      help="the job's interpreter on the cluster (default: python on its PATH)")  # fmt: skip
+    env = sub_.add_mutually_exclusive_group()
+    for installer in ("pip", "uv"):
+        env.add_argument(f"--{installer}", nargs="?", const="", default=None, metavar="REQUIREMENTS",
+                         help=f"install treesearch[ray]'s requirements (or REQUIREMENTS, a file) for "
+                              f"the job with {installer} (Ray's runtime env)")  # fmt: skip
+    sub_.add_argument("--no-preflight", action="store_true",
+                      help="do not ask the cluster's python first (GPUs an autoscaler adds)")  # fmt: skip
     for name, text in (
         ("status", "a job's state, live figures and replica load"),
         ("watch", "status, refreshed until the job ends"),
@@ -276,7 +286,19 @@ def _job_command(args: argparse.Namespace) -> int:
     try:
         if args.command == "submit":
             overrides = list(args.overrides) + ([f"run.limit={args.limit}"] if args.limit else [])
-            print(jobs.submit(args.config, args.address, args.out, overrides))
+            installer = "pip" if args.pip is not None else "uv" if args.uv is not None else None
+            job = jobs.submit(
+                args.config,
+                args.address,
+                args.out,
+                overrides,
+                python=args.python,
+                installer=installer,
+                requirements_file=args.pip or args.uv or None,
+                check=not args.no_preflight,
+                say=lambda line: print(line, file=sys.stderr, flush=True),
+            )
+            print(job)
         elif args.command == "status":
             print(jobs.status(args.address, args.job))
         elif args.command == "watch":
@@ -288,7 +310,9 @@ def _job_command(args: argparse.Namespace) -> int:
         elif args.command == "stop":
             print(jobs.stop(args.address, args.job))
         else:
-            print(jobs.results(args.address, args.job))
+            text, failed = jobs.results(args.address, args.job)
+            print(text)
+            return 1 if failed else 0
     except RuntimeError as e:  # e.g. an unknown job id reported by the job server
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1

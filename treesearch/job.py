@@ -27,6 +27,7 @@ from treesearch.config import JobConfig
 from treesearch.engine import SearchSpec, make_spec
 from treesearch.errors import ConfigError
 from treesearch.models import with_embedded_model
+from treesearch.preflight import Needs
 from treesearch.protocol import Generator, Scorer, TokenCounter
 from treesearch.sections import GeneratorConfig, PRMConfig
 from treesearch.tasks.base import Problem, Task
@@ -51,6 +52,20 @@ def typed_sections(cfg: JobConfig) -> Sections:
     generator = with_embedded_model(cfg.task.name, parse_section(GeneratorConfig, cfg.generator, "generator"))
     prm = with_embedded_model(cfg.task.name, parse_section(PRMConfig, cfg.prm, "prm"))
     return Sections(algorithm, options, generator, prm)
+
+
+def cluster_needs(sections: Sections) -> Needs:
+    """What the job's replicas need of a cluster: the modules their backends import and the
+    GPUs all pools ask for together (``submit``'s preflight)."""
+    modules: list[str] = []
+    gpus = 0.0
+    for section, ranks in ((sections.generator, sections.generator.ranks), (sections.prm, 1)):
+        backend = backend_of(section)
+        modules += [m for m in backend.needs(section) if m not in modules]
+        if not backend.engine_side:
+            res = section.resources
+            gpus += res.replicas * ranks * res.num_gpus
+    return Needs(tuple(modules), gpus)
 
 
 @dataclass

@@ -113,6 +113,7 @@ register(
         HFGeneratorConfig,
         worker=HFGenerator,
         check=check,
+        needs=lambda cfg: ("torch", "transformers"),
         tokenizer=lambda cfg: PromptTokenizer(
             load_tokenizer(cfg.model, "generator.model"), cfg.add_special_tokens
         ),

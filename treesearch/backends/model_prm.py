@@ -245,4 +245,7 @@ def model_prm(name: str, config: type, format_of: FormatOf, vllm: bool = False) 
     def counter(cfg: ModelPRMConfig, task: Any, tokenizer: Any) -> Any:
         return format_of(cfg).counter(tokenizer)
 
-    return Backend(name, config, worker=worker, check=check, counter=counter)
+    def needs(cfg: ModelPRMConfig) -> tuple[str, ...]:
+        return ("vllm",) if cfg.engine == "vllm" else ("torch", "transformers")
+
+    return Backend(name, config, worker=worker, check=check, counter=counter, needs=needs)

@@ -69,6 +69,8 @@ class Backend:
         the generator pool itself: Monte-Carlo rollouts), never as a replica.
       oracle: ``oracle(cfg) -> bool``: it reads the ground truth (reported in every summary
         as a ceiling).
+      needs: ``needs(cfg) -> module names`` its worker imports beyond treesearch's own
+        dependencies (``submit``'s preflight asks the cluster's Python for them).
     """
 
     name: str
@@ -80,6 +82,7 @@ class Backend:
     in_process: bool = False
     engine_side: bool = False
     oracle: Callable[[Any], bool] = lambda cfg: False
+    needs: Callable[[Any], tuple[str, ...]] = lambda cfg: ()
 
 
 GENERATORS: dict[str, Backend] = {}

@@ -149,6 +149,7 @@ register(
         VLLMGeneratorConfig,
         worker=VLLMGenerator,
         check=check,
+        needs=lambda cfg: ("vllm",),
         tokenizer=lambda cfg: PromptTokenizer(
             load_tokenizer(cfg.model, "generator.model"), cfg.add_special_tokens
         ),
