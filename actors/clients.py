@@ -22,11 +22,11 @@ def problem_key(request: Any) -> str:
     return request.problem_id
 
 
-async def _generate(handle: Any, batch: list) -> tuple[list, int]:
+async def _generate(handle: Any, batch: list) -> tuple[list, int, float | None]:
     return pickle.loads(await handle.generate.remote(encode_batch(batch)))
 
 
-async def _score(handle: Any, batch: list) -> tuple[list, int]:
+async def _score(handle: Any, batch: list) -> tuple[list, int, float | None]:
     return pickle.loads(await handle.score.remote(encode_batch(batch)))
 
 

@@ -8,12 +8,18 @@ It knows nothing about the search. A batch of requests is split across replicas:
   process) and is homed on the first replica in its ranking that holds fewer than
   ``balance`` x the mean number of active keys; the key stays there (its KV-cache prefixes
   do), and a tree whose worker died goes back there. A key idle for ``idle_s`` is released;
-* **load bound**: a request goes to its key's home while the home's load is within
-  ``affinity_bound`` requests of the least-loaded live replica, else (this request only) to
-  the next replica of the key's ranking within the bound. Load is what this pool has in
-  flight there plus what other callers had there when the replica last answered (its
-  reported queue depth less this pool's own requests), so workers do not pile onto one
-  replica;
+* **bound on expected wait**: a request goes to its key's home while the home's expected wait
+  is within ``affinity_bound`` requests' worth (of the pool's median service time) of the
+  replica that would finish it first, else (this request only) to the next replica of the
+  key's ranking within the bound, or that first one. A replica's expected wait is its load
+  times its service time: load is what this pool has in flight there plus what other callers
+  had there when the replica last answered (its reported queue depth less this pool's own
+  requests), so workers do not pile onto one replica; its speed is what the replica reports
+  with its depth (:class:`Service`): its latency with no queue ahead, plus its load times its
+  busy seconds per request answered, is when it would answer. On a pool of equal
+  speeds this is the bound on queue length it generalises (``by_wait=False`` routes by queue
+  length alone). A key sent away from its home in ``rehome_after`` routings in a row is homed
+  where it went, so a slow replica sheds its homes gradually;
 * **cap**: each call carries at most ``max_batch`` requests and each replica has at most
   ``max_calls_in_flight`` calls outstanding from this pool;
 * **faults**: when a replica dies (``RayActorError``, which covers ``ActorDiedError``; or
@@ -42,7 +48,7 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
@@ -56,6 +62,27 @@ Res = TypeVar("Res")
 # Exceptions that mean "this replica is gone or restarting": re-issue, do not fail the job.
 REPLICA_LOST = (RayActorError, ActorUnavailableError)
 REFUSED_S = 0.05  # a call that fails this fast was refused, not lost in flight
+
+
+class Service(NamedTuple):
+    """What a replica reports of its speed with each answer (:class:`actors.replica.ServiceTime`).
+
+    Attributes:
+      seconds_per_request: busy seconds per request answered (the inverse of its throughput).
+      latency_s: how long a request takes there with no queue ahead of it (a decaying minimum
+        of its requests' times from arrival to answer): one engine step at least.
+    """
+
+    seconds_per_request: float
+    latency_s: float
+
+
+SPEED_BAND = 1.5  # speed estimates within this factor of the pool's median count as the median
+
+
+def banded(x: float, median: float) -> float:
+    """``x``, or ``median`` where ``x`` lies within :data:`SPEED_BAND` of it."""
+    return median if median / SPEED_BAND <= x <= median * SPEED_BAND else x
 
 
 class DispatchError(RuntimeError):
@@ -73,6 +100,7 @@ class PoolStats:
     timeouts: int = 0
     affinity_hits: int = 0
     affinity_moves: int = 0
+    rehomed: int = 0  # keys homed again after being sent away from home rehome_after times
     busy_seconds: list[float] = field(default_factory=list)
 
 
@@ -90,10 +118,13 @@ class Homes:
     Attributes:
       home: key -> (home replica, last use), least recently used first.
       keys_on: active keys homed on each replica.
+      away: per key, routings in a row that sent most of its requests elsewhere; after
+        ``rehome_after`` the key is homed where its last one went.
     """
 
-    def __init__(self, gone: list[bool], balance: float = 1.1, idle_s: float = 30.0):
-        self.gone, self.balance, self.idle_s = gone, balance, idle_s
+    def __init__(self, gone: list[bool], balance: float = 1.1, idle_s: float = 30.0, rehome_after: int = 4):
+        self.gone, self.balance, self.idle_s, self.rehome_after = gone, balance, idle_s, rehome_after
+        self.away: dict[str, int] = {}  # routings in a row that sent a key away from its home
         self.home: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self.keys_on = [0] * len(gone)
         self._order: dict[str, list[int]] = {}
@@ -124,6 +155,37 @@ class Homes:
             self.keys_on[r] -= 1
             self._order.pop(key, None)
 
+    def rehome(self, key: str, replica: int) -> None:
+        """Homes ``key`` on ``replica`` (it was sent there rather than home, repeatedly)."""
+        home, used = self.home[key]
+        self.keys_on[home] -= 1
+        self.keys_on[replica] += 1
+        self.home[key] = (replica, used)
+
+    def tally(self, keys: Sequence[str], out: list[int], stats: PoolStats) -> None:
+        """Affinity hits and moves; a key most of whose requests went elsewhere this time is
+        one routing further away, and homed where its last one went after ``rehome_after`` in
+        a row."""
+        tally: dict[str, list[int]] = {}  # key -> [requests home minus away, last replica away]
+        for r, k in zip(out, keys, strict=True):
+            entry = tally.setdefault(k, [0, -1])
+            if r == self.home[k][0]:
+                stats.affinity_hits += 1
+                entry[0] += 1
+            else:
+                stats.affinity_moves += 1
+                entry[0] -= 1
+                entry[1] = r
+        for k, (net, r) in tally.items():
+            if net >= 0:
+                self.away.pop(k, None)
+                continue
+            self.away[k] = self.away.get(k, 0) + 1
+            if self.away[k] >= self.rehome_after:
+                self.rehome(k, r)
+                stats.rehomed += 1
+                del self.away[k]
+
     def home_of(self, key: str, now: float) -> int:
         """The key's home replica, assigned on its first request."""
         entry = self.home.get(key)
@@ -140,15 +202,64 @@ class Homes:
         return home
 
 
+class Speeds:
+    """What a pool knows of each replica's speed: its last report (:class:`Service`) and the
+    calls out to it now (when each was sent).
+
+    Attributes:
+      service: each replica's last report (None before its first).
+      unanswered: per replica, when each call out now was sent (monotonic s).
+      by_wait: weigh loads by speed (False: every replica counts as equal: queue length).
+    """
+
+    def __init__(self, n: int, by_wait: bool = True):
+        self.service: list[Service | None] = [None] * n
+        self.unanswered: list[list[float]] = [[] for _ in range(n)]
+        self.by_wait = by_wait
+
+    def estimates(self) -> tuple[list[float], list[float], float, float]:
+        """Each replica's seconds per request and latency (the medians of the known ones for a
+        replica that has not reported yet; 1 and 0 when routing by queue length), and the
+        medians of both."""
+        known = [s for s in self.service if s is not None and s.seconds_per_request > 0]
+        n = len(self.service)
+        if not self.by_wait or not known:
+            return [1.0] * n, [0.0] * n, 1.0, 0.0
+        per = sorted(s.seconds_per_request for s in known)[len(known) // 2]
+        lat = sorted(s.latency_s for s in known)[len(known) // 2]
+        usable = [s if s is not None and s.seconds_per_request > 0 else None for s in self.service]
+        # a call out for longer than a replica's latency says it is slower now (or was never
+        # measured: a slow replica's first calls), before any report does
+        now = time.monotonic()
+        latency = [
+            max(s.latency_s if s else lat, now - min(sent) if sent else 0.0)
+            for s, sent in zip(usable, self.unanswered, strict=True)
+        ]
+        # estimates within SPEED_BAND of the median are the median: equal replicas measured
+        # at different loads route by queue length, not by noise
+        return (
+            [banded(s.seconds_per_request if s else per, per) for s in usable],
+            [banded(x, lat) for x in latency],
+            per,
+            lat,
+        )
+
+
 class Router(Generic[Req, Res]):
     """Routes batches of requests to actor replicas (see module docstring).
 
     Args:
       handles: the replicas (Ray actor handles, created with restarts allowed).
-      invoke: ``invoke(handle, batch) -> awaitable (results, queue depth)``.
+      invoke: ``invoke(handle, batch) -> awaitable (results, queue depth[, speed])``: the
+        replica's answers, its queue depth once they are out and, if it reports one, its speed
+        (``(seconds per request, latency s)``: :class:`Service`; None before it knows).
       key: affinity key of a request.
-      affinity_bound: how many more requests in flight than the least-loaded replica a
-        key's home replica may have and still receive the key's requests.
+      affinity_bound: how many requests' worth (at the pool's median service time) of extra
+        expected wait a key's home may have over the replica that would finish a request
+        first, and still receive the key's requests.
+      by_wait: weigh each replica's load by its service time (False: queue length alone).
+      rehome_after: routings in a row that send a key away from its home before the key is
+        homed where it went.
       max_batch: requests per call at most.
       max_calls_in_flight: outstanding calls per replica at most.
       max_retries: re-issues of one call after replica loss before its requests fail.
@@ -180,6 +291,8 @@ class Router(Generic[Req, Res]):
         balance: float = 1.1,
         idle_s: float = 30.0,
         restart: Callable[[Any], None] | None = None,
+        by_wait: bool = True,
+        rehome_after: int = 4,
     ):
         if not handles:
             raise ValueError("a pool needs at least one replica")
@@ -194,10 +307,11 @@ class Router(Generic[Req, Res]):
         self.others = [0] * n  # other callers' requests at each replica, as of its last answer
         self.lost = [0] * n  # calls refused at once, in a row
         self.gone = [False] * n
+        self.speeds = Speeds(n, by_wait)
         self.stats = PoolStats(routed=[0] * n, busy_seconds=[0.0] * n)
         self.max_calls_in_flight = max_calls_in_flight
         self.restart = restart or (lambda handle: ray.kill(handle, no_restart=False))
-        self.homes = Homes(self.gone, balance, idle_s)
+        self.homes = Homes(self.gone, balance, idle_s, rehome_after)
         self._slots: list[asyncio.Semaphore] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -208,36 +322,41 @@ class Router(Generic[Req, Res]):
 
     def route(self, keys: Sequence[str]) -> list[int]:
         """The replica of each request of a batch with these affinity keys: its key's home
-        unless that would put the home more than ``affinity_bound`` requests above the least
-        loaded live replica once the batch is out; then (the batch's last such requests first)
-        the next replica of the key's ranking within the bound."""
+        unless, once the batch is out, the home's expected time to answer (its latency plus
+        its load times its seconds per request) would exceed the shortest by more than
+        ``affinity_bound`` requests' worth; then (the batch's last such requests first) the
+        next replica of the key's ranking within the bound, else the one that answers it
+        first. Keys sent away ``rehome_after`` times in a row are homed where they went."""
         now = time.monotonic()
         out = [self.homes.home_of(k, now) for k in keys]
         final = [self.estimate(r) for r in range(len(self.handles))]
         for r in out:
             final[r] += 1
+        per, lat, median, median_lat = self.speeds.estimates()
+        # latencies jitter by about one step between equal replicas: the bound allows a step
+        bound = self.affinity_bound * median + median_lat
         live = [r for r in range(len(self.handles)) if not self.gone[r]]
-        least = min(live, key=final.__getitem__)
+
+        def wait(r: int, extra: int) -> float:  # expected seconds to answer a request at r
+            return lat[r] + (final[r] + extra) * per[r]
+
+        def first() -> tuple[int, float]:
+            """The replica that would answer one more request first, and the limit it sets."""
+            best = min(live, key=lambda r: wait(r, 1))
+            return best, wait(best, 0) + bound
+
+        least, limit = first()
         for i in range(len(out) - 1, -1, -1):
             h = out[i]
-            if final[h] <= final[least] + self.affinity_bound:
+            if wait(h, 0) <= limit:
                 continue
-            target = next(
-                (
-                    r
-                    for r in self.homes.order(keys[i])
-                    if not self.gone[r] and final[r] + 1 <= final[least] + self.affinity_bound
-                ),
-                least,
-            )
+            ranked = (r for r in self.homes.order(keys[i]) if not self.gone[r] and r != h)
+            target = next((r for r in ranked if wait(r, 1) <= limit), least)
             out[i] = target
             final[h] -= 1
             final[target] += 1
-            if target == least:
-                least = min(live, key=final.__getitem__)
-        moved = sum(r != self.homes.home[k][0] for r, k in zip(out, keys, strict=True))
-        self.stats.affinity_moves += moved
-        self.stats.affinity_hits += len(keys) - moved
+            least, limit = first()
+        self.homes.tally(keys, out, self.stats)
         return out
 
     def _reroute(self, lost: int) -> int:
@@ -296,13 +415,18 @@ class Router(Generic[Req, Res]):
             started = time.perf_counter()
             self.stats.calls += 1
             self.stats.routed[r] += len(sent)
+            sent_at = time.monotonic()
+            self.speeds.unanswered[r].append(sent_at)
             try:
                 call = self.invoke(self.handles[r], sent)
-                out, depth = await (
+                out, depth, *service = await (
                     asyncio.wait_for(call, self.request_timeout_s) if self.request_timeout_s else call
                 )
             finally:
+                self.speeds.unanswered[r].remove(sent_at)
                 self.stats.busy_seconds[r] += time.perf_counter() - started
+        if service and service[0] is not None:
+            self.speeds.service[r] = Service(*service[0])
         # the replica's depth once this batch was out, less what this pool still has there
         self.others[r] = max(0, depth - (self.load[r] - len(sent)))
         if len(out) != len(sent):

@@ -66,6 +66,7 @@ class WorkerFleet:
         self.worker_stats: list[dict[str, Any]] = [{} for _ in self.workers]
         self.dispatch: list[dict[str, Any]] = [{} for _ in self.workers]
         self._cpu_base = [0.0] * len(self.workers)  # each worker's CPU seconds at the last run's end
+        self._nodes_base = [0] * len(self.workers)  # each worker's nodes at the last run's end
         self._queue: deque[Lease] = deque()
         self._shares: dict[str, tuple[int, Ledger]] = {}  # a shared tree's shares out, their compute
         self._remaining = self._nodes = 0
@@ -207,12 +208,15 @@ class WorkerFleet:
         # worker starts again from 0, so it counts from its restart: a lower bound after deaths)
         now_cpu = [s.get("cpu_seconds", 0.0) for s in self.worker_stats]
         worker_cpu = [c - b if c >= b else c for c, b in zip(now_cpu, self._cpu_base, strict=True)]
-        self._cpu_base = now_cpu
+        now_nodes = [s.get("nodes", 0) for s in self.worker_stats]
+        worker_nodes = [c - b if c >= b else c for c, b in zip(now_nodes, self._nodes_base, strict=True)]
+        self._cpu_base, self._nodes_base = now_cpu, now_nodes
         driver_cpu, nodes = time.thread_time() - cpu0, self._nodes
         return {
             "search_workers": len(self.workers),
             "nodes": nodes,
             "worker_cpu_seconds": [round(c, 3) for c in worker_cpu],
+            "worker_nodes": worker_nodes,
             "worker_cpu_us_per_node": round(1e6 * sum(worker_cpu) / nodes, 2) if nodes else 0.0,
             "driver_cpu_seconds": round(driver_cpu, 3),
             "driver_cpu_us_per_node": round(1e6 * driver_cpu / nodes, 2) if nodes else 0.0,

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from actors.replica import encode_batch
+from actors.replica import ServiceTime, encode_batch
 from treesearch.backends.deterministic import (
     ByteCounter,
     ByteTokenizer,
@@ -199,12 +199,13 @@ class SimCluster:
         self.busy = {p: [0.0] * n for p, (n, *_) in pools.items()}  # finished service seconds
         self.since = {p: [0.0] * n for p, (n, *_) in pools.items()}  # start of the step in service
         self.depth = {p: [0] * n for p, (n, *_) in pools.items()}
+        self.service = {p: [ServiceTime() for _ in range(n)] for p, (n, *_) in pools.items()}
         self.waiting: dict[tuple[str, int], list[tuple[int, asyncio.Future]]] = {}
         self.running: dict[tuple[str, int], asyncio.Task] = {}  # replicas running steps
         self.started = time.perf_counter()
 
     async def serve(self, pool: str, index: int, payload: bytes) -> bytes:
-        requests = pickle.loads(payload)
+        requests, arrived = pickle.loads(payload), time.perf_counter()
         depth = self.depth[pool]
         depth[index] += len(requests)
         try:
@@ -221,7 +222,9 @@ class SimCluster:
             await done
         finally:
             depth[index] -= len(requests)
-        return encode_batch((results, depth[index]))
+        took = time.perf_counter() - arrived
+        service = self.service[pool][index].answered(self.busy[pool][index], len(requests), took)
+        return encode_batch((results, depth[index], service))
 
     async def _steps(self, pool: str, index: int) -> None:
         """The replica's engine loop: one step serves every call waiting when it starts."""

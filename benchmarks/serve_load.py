@@ -6,7 +6,9 @@ side by side in one run, on the project's test puzzles and the embedded models.
 2. ``treesearch run --limit 1``: one puzzle cold (start-up included), timed as a process.
 3. ``treesearch serve``, then the puzzles through the official ``openai`` client from C
    concurrent clients (C = 1, 8, 32, 100; C = 1 on the first ``--c1-problems`` only): searches/s,
-   p50 / p99 latency, accuracy. Each request asks the batch job's budget.
+   p50 / p99 latency, accuracy. Each request asks the batch job's budget. The largest C runs
+   first, with the batch job's seed, on a prefix cache as cold as the batch job's; each other
+   level with a seed of its own (its trees are not served from an earlier level's KV cache).
 4. Fairness: 32 small requests alone, then the same 32 beside one with 10x their budget (a
    puzzle with no solution, so it spends it all): the small ones' p99, side by side.
 
@@ -86,8 +88,10 @@ def start_server(config: str, sets: list[str], out: Path) -> tuple[subprocess.Po
     return proc, f"http://127.0.0.1:{port}/v1"
 
 
-def load(url: str, key: str, model: str, puzzles: list, clients: int, budget: int) -> dict:
-    """Every puzzle through ``clients`` concurrent clients: searches/s, latencies, accuracy."""
+def load(url: str, key: str, model: str, puzzles: list, clients: int, budget: int, seed: int | None) -> dict:
+    """Every puzzle through ``clients`` concurrent clients: searches/s, latencies, accuracy.
+    ``seed``: the searches' seed (None: the profile's, as the batch job's)."""
+    settings = {"budget": {"generated_tokens": budget}, **({"seed": seed} if seed is not None else {})}
     import openai
 
     task = Game24("test")
@@ -98,7 +102,7 @@ def load(url: str, key: str, model: str, puzzles: list, clients: int, budget: in
         r = client.chat.completions.create(
             model=model,
             messages=[{"role": "user", "content": p.prompt}],
-            extra_body={"treesearch": {"budget": {"generated_tokens": budget}}},
+            extra_body={"treesearch": settings},
         )
         steps = (r.choices[0].message.content or "").split("\n")
         return time.perf_counter() - t0, task.is_correct(p, steps)
@@ -175,8 +179,12 @@ def main() -> None:
             config, ["--set", f"budget.generated_tokens={10 * budget}"], Path(tmp) / "serve"
         )  # fmt: skip
         try:
-            rows = [load(url, args.api_key, model, puzzles[:c1] if c == 1 else puzzles, c, budget)
-                    for c in clients]  # fmt: skip
+            # the largest C first, on a prefix cache as cold as the batch job's and with its seed;
+            # the others with seeds of their own, so no level is served from an earlier one's cache
+            order = sorted(clients, reverse=True)
+            rows = sorted((load(url, args.api_key, model, puzzles[:c1] if c == 1 else puzzles, c, budget,
+                                None if i == 0 else 1000 * i) for i, c in enumerate(order)),
+                          key=lambda r: r["clients"])  # fmt: skip
             alone, beside = fairness(url, args.api_key, model, puzzles, budget)
         finally:
             if proc is not None:

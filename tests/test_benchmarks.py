@@ -30,7 +30,15 @@ def test_benchmark_smoke(name, takes_long):
     _smoke(name)
 
 
-ON_RAY = ["hot_path", "dispatch_overhead", "async_vs_lockstep", "cluster_sim", "workers", "long_job"]
+ON_RAY = [
+    "hot_path",
+    "dispatch_overhead",
+    "async_vs_lockstep",
+    "stragglers",
+    "cluster_sim",
+    "workers",
+    "long_job",
+]
 # serve_load's smoke runs in tests/test_service.py, against the module's `treesearch serve`
 
 

@@ -3,12 +3,14 @@ re-issues after losses and hangs, and the end of a pool whose replicas are all g
 
 import asyncio
 import math
+import random
 import time
 
 import pytest
 from ray.exceptions import ActorDiedError, ActorUnavailableError
 
 from actors.dispatch import DispatchError, Router, rendezvous_order
+from actors.replica import ServiceTime
 from treesearch.batcher import replies
 from treesearch.protocol import BackendUnavailable
 
@@ -120,3 +122,88 @@ def test_requests_wait_for_replicas_that_are_restarting_without_spending_their_r
     with pytest.raises(DispatchError, match="restarting for more than 0 s"):
         asyncio.run(slow.submit(["a"]))
     assert not any(slow.gone)  # restarting is not gone
+
+
+def scripted_pool(service: list[float], depth: int = 8, **kw) -> Router:
+    """Four replicas that answer at once, each reporting ``depth`` requests queued from other
+    callers and its speed from ``service[r]`` (seconds per request; its latency: 20 x that):
+    the scripted clock."""
+
+    async def invoke(handle, batch):
+        return [(handle, x) for x in batch], depth, (service[handle], 20 * service[handle])
+
+    return Router(list(range(4)), invoke, key=lambda req: req, **kw)
+
+
+def test_service_time_is_busy_seconds_per_request_and_a_latency_floor():
+    clock = ServiceTime(alpha=0.5, rise=1.05)
+    assert clock.answered(0.0, 0, 0.0) is None  # nothing answered yet
+    assert clock.answered(1.0, 10, 0.3) == (pytest.approx(0.1), 0.3)
+    # one engine step answers two calls: the first brings its 0.6 s, the second none
+    clock.answered(1.6, 2, 0.2)
+    # seconds 1.0 -> 0.8 -> 0.4, requests 10 -> 6 -> 5 (EWMAs at alpha 0.5): 0.08 s a request
+    per, latency = clock.answered(1.6, 4, 0.25)
+    assert per == pytest.approx(0.4 / 5) and latency == pytest.approx(0.21)  # 0.2, risen 5%
+    slow = ServiceTime()
+    for i in range(1, 80):
+        slow.answered(i * 1.0, 1, 2.0)  # 1 s a request and 2 s a call from now on
+    assert slow.report() == (pytest.approx(1.0), 2.0)
+
+
+def test_a_replica_made_10x_slower_mid_job_sheds_its_homes_gradually():
+    service = [0.01] * 4
+    pool = scripted_pool(service, rehome_after=4)
+    keys = [f"p{i}" for i in range(40)]
+
+    def wave():  # every tree asks once; the replicas answer at once and report their figures
+        asyncio.run(pool.submit(keys))
+
+    wave()
+    homes = {k: pool.homes.home[k][0] for k in keys}
+    on_slow = [k for k in keys if homes[k] == 3]
+    assert on_slow and pool.stats.affinity_moves == 0  # even speeds, even queues: all at home
+    service[3] = 0.1  # replica 3 slows down 10x; it says so with its next answer
+    wave()  # the next wave learns it
+    for n in range(1, 4):
+        wave()
+        assert pool.stats.rehomed == 0 and pool.homes.keys_on[3] == len(on_slow)  # not yet: n < 4
+        assert all(pool.homes.away[k] == n for k in on_slow)
+    wave()  # the fourth routing in a row away from home: homed where they went
+    assert pool.stats.rehomed == len(on_slow) and pool.homes.keys_on[3] == 0
+    assert all(pool.homes.home[k][0] != 3 for k in on_slow)
+    assert all(pool.homes.home[k][0] == homes[k] for k in keys if k not in on_slow)  # the rest stay
+    hits = pool.stats.affinity_hits
+    wave()
+    assert pool.stats.affinity_hits == hits + len(keys)  # every tree served at (its new) home
+    assert sum(pool.homes.keys_on) == len(keys)
+
+
+def test_routing_by_queue_length_keeps_a_slow_replicas_homes():
+    service = [0.01, 0.01, 0.01, 0.1]
+    pool = scripted_pool(service, by_wait=False)
+    keys = [f"p{i}" for i in range(40)]
+    for _ in range(6):
+        asyncio.run(pool.submit(keys))
+    assert pool.stats.rehomed == 0 and pool.stats.affinity_moves == 0 and pool.homes.keys_on[3] > 0
+
+
+def test_a_homogeneous_pool_keeps_its_homes_stable():
+    """Service times that differ by measurement noise (+-5%) and queues within the bound:
+    no request leaves its home, no key is homed again."""
+    rng = random.Random(0)
+    service = [0.01] * 4
+    depths = [0] * 4
+
+    async def invoke(handle, batch):
+        return [(handle, x) for x in batch], depths[handle], (service[handle], 20 * service[handle])
+
+    pool = Router(list(range(4)), invoke, key=lambda req: req, affinity_bound=16)
+    keys = [f"p{i}" for i in range(64)]
+    homes = pool.route(keys)
+    for _ in range(50):
+        for r in range(4):
+            service[r] = 0.01 * rng.uniform(0.95, 1.05)
+            depths[r] = rng.randrange(0, 10)
+        asyncio.run(pool.submit(rng.sample(keys, 32)))
+    assert pool.stats.rehomed == 0 and pool.stats.affinity_moves == 0
+    assert pool.route(keys) == homes

@@ -207,7 +207,7 @@ def test_two_vllm_engines_share_one_gpu_at_half_each(eight_gpus, uses_vllm):
         ids = AutoTokenizer.from_pretrained(embedded_model("policy")).encode(
             "1 2 3 4\n", add_special_tokens=False
         )
-        (res,), _ = pickle.loads(
+        (res,), *_ = pickle.loads(
             ray.get(
                 gen.handles[0].generate.remote(
                     encode_batch([ExpandRequest("p", 0, encode_ids(ids), 2, 24, "\n")])
@@ -215,7 +215,7 @@ def test_two_vllm_engines_share_one_gpu_at_half_each(eight_gpus, uses_vllm):
             )
         )
         assert len(res.samples) == 2
-        (scored,), _ = pickle.loads(
+        (scored,), *_ = pickle.loads(
             ray.get(
                 prm.handles[0].score.remote(
                     encode_batch([ScoreRequest.one("p", 1, "1 2 3 4", ("4 * 3 = 12 (left: 1 2 12)",))])

@@ -142,10 +142,11 @@ def test_vllm_pooling_prm_matches_transformers(models):
     }
     actor = ReplicaActor.options(num_cpus=0).remote(parse_section(PRMConfig, section, "prm"), WorkerEnv(0))
     try:
-        got, depth = pickle.loads(ray.get(actor.score.remote(encode_batch(reqs)), timeout=300))
+        got, depth, service_s = pickle.loads(ray.get(actor.score.remote(encode_batch(reqs)), timeout=300))
     finally:
         ray.kill(actor)
     assert depth == 0  # nothing else in flight once the batch is answered
+    assert service_s > 0  # its busy seconds per request, for routing by expected wait
     for e, g in zip(expected, got, strict=True):
         assert len(g.scores[0]) == len(e.scores[0]) and g.tokens == e.tokens
         assert max(abs(a - b) for a, b in zip(e.scores[0], g.scores[0], strict=True)) < 1e-4
@@ -295,7 +296,7 @@ def test_qwen_prm_through_vllm_pooling_equals_transformers(tmp_path):
     cfg = parse_section(PRMConfig, vllm_section, "prm")
     actor = ReplicaActor.options(num_cpus=0).remote(cfg, WorkerEnv(0))
     try:
-        got, _ = pickle.loads(ray.get(actor.score.remote(encode_batch(reqs)), timeout=300))
+        got, *_ = pickle.loads(ray.get(actor.score.remote(encode_batch(reqs)), timeout=300))
     finally:
         ray.kill(actor)
     for e, g in zip(expected, got, strict=True):
