@@ -51,22 +51,24 @@ def serve_limited(tmp_path_factory, uses_ray):
         yield s
 
 
+def _either(request, tmp_path_factory, serve_fixture: str, **options):
+    """The module's real ``treesearch serve`` (``serve_fixture``), or an in-process app with
+    the same options, as the test's parameter says."""
+    if request.param == "serve":
+        yield request.getfixturevalue(serve_fixture)
+        return
+    with server_of("app", tmp_path_factory.mktemp("app"), **options) as s:
+        yield s
+
+
 @pytest.fixture(scope="module", params=KINDS)
 def server(request, tmp_path_factory) -> Server:
-    if request.param == "serve":
-        yield request.getfixturevalue("serve_main")
-        return
-    with server_of("app", tmp_path_factory.mktemp("app")) as s:
-        yield s
+    yield from _either(request, tmp_path_factory, "serve_main")
 
 
 @pytest.fixture(scope="module", params=KINDS)
 def limited(request, tmp_path_factory) -> Server:
-    if request.param == "serve":
-        yield request.getfixturevalue("serve_limited")
-        return
-    with server_of("app", tmp_path_factory.mktemp("app-limited"), **LIMITS) as s:
-        yield s
+    yield from _either(request, tmp_path_factory, "serve_limited", **LIMITS)
 
 
 def _post(server: Server, body: dict, **kw) -> httpx.Response:
