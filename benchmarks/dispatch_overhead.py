@@ -28,7 +28,7 @@ async def one_by_one(method, requests: list) -> list:
     """One actor call per request, each awaited before the next (no batching)."""
     out = []
     for r in requests:
-        results, _ = pickle.loads(await method.remote(encode_batch([r])))
+        results, *_ = pickle.loads(await method.remote(encode_batch([r])))
         out.append(results[0])
     return out
 

@@ -142,11 +142,12 @@ def test_vllm_pooling_prm_matches_transformers(models):
     }
     actor = ReplicaActor.options(num_cpus=0).remote(parse_section(PRMConfig, section, "prm"), WorkerEnv(0))
     try:
-        got, depth, service_s = pickle.loads(ray.get(actor.score.remote(encode_batch(reqs)), timeout=300))
+        got, depth, speed = pickle.loads(ray.get(actor.score.remote(encode_batch(reqs)), timeout=300))
     finally:
         ray.kill(actor)
     assert depth == 0  # nothing else in flight once the batch is answered
-    assert service_s > 0  # its busy seconds per request, for routing by expected wait
+    seconds_per_request, latency_s = speed  # what routing by expected wait reads
+    assert 0 < seconds_per_request <= latency_s  # one call of many requests: each cost a share
     for e, g in zip(expected, got, strict=True):
         assert len(g.scores[0]) == len(e.scores[0]) and g.tokens == e.tokens
         assert max(abs(a - b) for a, b in zip(e.scores[0], g.scores[0], strict=True)) < 1e-4
