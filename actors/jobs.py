@@ -26,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import ray
 import yaml
@@ -89,6 +90,19 @@ def packages(installer: str | None, requirements_file: str | None) -> dict[str, 
     return {installer: reqs}
 
 
+def submit_job(c: JobSubmissionClient, wait_s: float = 120.0, **job: Any) -> str:
+    """``c.submit_job(**job)``, retried while the head says it has no job agent yet (right
+    after ``ray start``, and slowly on a busy head: a 500 that says to try again later)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return c.submit_job(**job)
+        except RuntimeError as e:
+            if "try again later" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
 def _wait_ended(c: JobSubmissionClient, job_id: str, timeout_s: float) -> JobStatus:
     deadline = time.monotonic() + timeout_s
     while (state := c.get_job_status(job_id)) not in TERMINAL_STATES:
@@ -105,7 +119,8 @@ def preflight(
     """Runs :data:`treesearch.preflight.PROBE` as a tiny Ray job with the interpreter and
     runtime env the real job will have. Returns a one-line summary of what it found; raises
     ConfigError with the first shortfall (one line, with its fix)."""
-    job = c.submit_job(
+    job = submit_job(
+        c,
         entrypoint=f"{shlex.quote(python)} -c {shlex.quote(PROBE)} {shlex.quote(needs.as_json())}",
         runtime_env=runtime_env,
         submission_id=f"treesearch-preflight-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}",
@@ -167,7 +182,8 @@ def submit(
             f"{treesearch.__version__}, actors, job.yaml){installs}; address {address}; {checked}"
         )
         stem = name or Path(config).stem
-        return c.submit_job(
+        return submit_job(
+            c,
             entrypoint=entrypoint,
             runtime_env=runtime_env,
             submission_id=f"treesearch-{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{stage.name[-6:]}",

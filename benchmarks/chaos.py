@@ -254,8 +254,8 @@ def reissued(summary: dict[str, Any]) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--smoke", action="store_true", help="deterministic backends, 40 problems, 8 faults")
-    ap.add_argument("--problems", type=int, default=None, help="problems per run (default 200; smoke 40)")
+    ap.add_argument("--smoke", action="store_true", help="deterministic backends, 64 problems, 8 faults")
+    ap.add_argument("--problems", type=int, default=None, help="problems per run (default 200; smoke 64)")
     ap.add_argument(
         "--faults",
         type=int,
@@ -275,7 +275,8 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="keep the run dirs and logs here (default: a temp dir)")
     ap.add_argument("--json", default=None, help="also write the report here")
     args = ap.parse_args()
-    args.problems = args.problems or (40 if args.smoke else 200)
+    # smoke: long enough for its 8 faults on a loaded 2-core box (replicas restart slowly there)
+    args.problems = args.problems or (64 if args.smoke else 200)
     args.faults = args.faults or (8 if args.smoke else 20)
     args.interval = args.interval or (0.4 if args.smoke else 12.0)
     args.driver_kill_at = args.driver_kill_at or (0.33 if args.smoke else 0.5)

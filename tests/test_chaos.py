@@ -35,7 +35,7 @@ def test_chaos_smoke_loses_nothing_under_kills_a_hang_and_a_driver_kill(tmp_path
     r = json.loads(report.read_text())
     assert r["faults"] >= 8 and r["hangs"] == 1 and r["driver_kills"] == 1 and r["replica_kills"] >= 6
     assert r["hang_cleared_s"] is not None
-    assert r["answered"] == r["unique"] == r["problems"] == 40 and r["failed"] == 0 and r["broken"] == []
+    assert r["answered"] == r["unique"] == r["problems"] == 64 and r["failed"] == 0 and r["broken"] == []
     assert proc.stdout.strip().splitlines()[-1].startswith("ratio:")
     # the driver's stderr tells of the killed replicas in one line of ours each, not Ray's paragraph
     log = (tmp_path / "w" / "chaos.log").read_text().splitlines()
