@@ -53,9 +53,9 @@ for name in ["ray"] + need["modules"]:
     report["modules"][name] = version
 if need["gpus"] and report["modules"]["ray"]:
     try:
-        import ray
-        ray.init(address="auto", logging_level="ERROR", log_to_driver=False)
-        report["gpus"] = ray.cluster_resources().get("GPU", 0.0)
+        cluster = importlib.import_module("ray")  # the cluster's Ray, on the cluster
+        cluster.init(address="auto", logging_level="ERROR", log_to_driver=False)
+        report["gpus"] = cluster.cluster_resources().get("GPU", 0.0)
     except Exception as e:
         report["error"] = report["error"] or "ray.init: " + str(e).splitlines()[0]
 print("TREESEARCH_PREFLIGHT " + json.dumps(report), flush=True)
