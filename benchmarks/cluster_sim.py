@@ -1,21 +1,30 @@
-"""A simulated cluster driven by search workers: 1 to 256 generator replicas on two cores.
+"""A simulated cluster driven by search workers: 1 to 1,024 generator replicas on two cores.
 
 The replicas are asyncio servers in one process (:func:`benchmarks.harness.sim_cluster_actor`)
 with a GPU-like service time: a call takes one step's latency, or ``units / rate`` once its
 batch saturates the replica. A real replica of a 1.5B policy on an H100 makes ~250 nodes/s
-(~80-token steps); here every rate is divided by ``--time-scale`` so the whole cluster's
-traffic fits two cores, and the PRM pool (a quarter as many replicas, 8x the rate per
-replica) is never the bottleneck. The search workers, their pools, the driver and Ray are
-the real ones (beam search on Game of 24, zero-cost answers), so what is measured is the
-orchestration at cluster scale.
+(~80-token steps); here every rate is divided by ``--time-scale`` (20) so the whole
+cluster's traffic fits two cores. A size whose traffic would pass ``--max-sim-rate`` (3,200
+nodes/s at rates / 20: 256 replicas) runs on a clock slowed further by
+``k = replicas x 250 / 20 / 3,200``: rates / (20 k) and every step's latency x k, so it makes
+the events per second of 256 replicas (1,024 replicas: rates / 80, 1 s steps); each row
+prints its rate divisor. The PRM pool (a quarter as many
+replicas, 8x the rate per replica) is never the bottleneck. The search workers, their pools,
+the driver and Ray are the real ones (beam search on Game of 24, zero-cost answers), so what
+is measured is the orchestration at cluster scale.
 
 Reported per size: nodes/s, generator replicas' busy fraction in the steady middle of the run
 (the central 60% of its wall time; the ramp-up and the drain are excluded), CPU per node of the
 workers and of the driver. Then: how many replicas one worker keeps busy and how many workers
 a cluster of N real GPUs needs, from the measured worker CPU per node at the real rate and a
-70% CPU target per worker; the largest size runs with the worker count computed for it.
+70% CPU target per worker. The largest size runs with the worker count computed from the size
+below it for the traffic it simulates (its replicas x the scaled rate). ``--real-workers``
+runs it instead with the count computed for that many *real* GPUs (~40 for 1,024), each
+worker leasing problems for as many replicas as on the real cluster at the scaled rate: on two
+cores that many worker processes and one process simulating every replica are the limit (the
+closing rows of benchmarks/README.md say by how much), so it is an experiment, not the figure.
 
-    .venv/bin/python -m benchmarks.cluster_sim [--replicas 1,4,16,64,256] [--time-scale 20] [--smoke]
+    .venv/bin/python -m benchmarks.cluster_sim [--replicas 1,4,16,64,256,1024] [--time-scale 20] [--smoke]
 """
 
 from __future__ import annotations
@@ -41,12 +50,13 @@ LATENCY_S = 0.25  # one decoding step of a batch
 CPU_TARGET = 0.7  # of one core, per worker
 
 
-def run_size(n: int, scale: float, per_replica: int, concurrency: int, workers: int) -> dict:
+def run_size(n: int, scale: float, slow: float, per_replica: int, concurrency: int, workers: int) -> dict:
+    """One size: ``n`` generator replicas at real rates / ``scale``, step latencies x ``slow``."""
     rng = random.Random(n)
     prm = max(1, n // 4)
     pools = {
-        "generator": (n, LATENCY_S, REAL_RATE / scale, [rng.uniform(0.9, 1.1) for _ in range(n)]),
-        "prm": (prm, LATENCY_S / 4, 8 * REAL_RATE / scale, [1.0] * prm),
+        "generator": (n, LATENCY_S * slow, REAL_RATE / scale, [rng.uniform(0.9, 1.1) for _ in range(n)]),
+        "prm": (prm, LATENCY_S / 4 * slow, 8 * REAL_RATE / scale, [1.0] * prm),
     }
     cluster = sim_cluster_actor().remote(pools)
     ray.get(cluster.ready.remote())
@@ -103,6 +113,7 @@ def run_size(n: int, scale: float, per_replica: int, concurrency: int, workers: 
     busy = sum(b["generator"]) - sum(a["generator"])
     return {
         "replicas": n,
+        "scale": scale,
         "workers": workers,
         "problems": n * per_replica,
         "nodes_per_s": stats["nodes"] / wall,
@@ -113,10 +124,27 @@ def run_size(n: int, scale: float, per_replica: int, concurrency: int, workers: 
     }
 
 
+def workers_needed(nodes_per_s: float, worker_us_per_node: float) -> int:
+    """Search workers that keep up with ``nodes_per_s`` of generator traffic when a worker spends
+    ``worker_us_per_node`` of CPU per node and may use ``CPU_TARGET`` of a core."""
+    return max(1, math.ceil(nodes_per_s * worker_us_per_node * 1e-6 / CPU_TARGET))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--replicas", default="1,4,16,64,256")
+    ap.add_argument("--replicas", default="1,4,16,64,256,1024")
     ap.add_argument("--time-scale", type=float, default=20.0, help="real rates / this")
+    ap.add_argument(
+        "--max-sim-rate",
+        type=float,
+        default=3200.0,
+        help="nodes/s the simulated cluster may take; larger sizes are scaled further",
+    )
+    ap.add_argument(
+        "--real-workers",
+        action="store_true",
+        help="run the largest size with the workers its replicas need at real rates",
+    )
     ap.add_argument("--per-replica", type=int, default=24, help="problems per generator replica")
     ap.add_argument("--concurrency-per-replica", type=int, default=12)
     ap.add_argument("--smoke", action="store_true")
@@ -129,22 +157,27 @@ def main() -> None:
     rows, cpu = [], []
     for n in sizes:
         concurrency = max(16, n * args.concurrency_per_replica)
-        if n == sizes[-1] and cpu:  # the count the next size down says this one needs
-            demand = n * REAL_RATE / args.time_scale  # nodes/s the simulated cluster can take
-            workers = max(1, math.ceil(demand * cpu[-1] * 1e-6 / CPU_TARGET))
-        else:
-            workers = 1
-        row = run_size(n, args.time_scale, per, concurrency, workers)
+        slow = max(1.0, n * REAL_RATE / args.time_scale / args.max_sim_rate)  # the clock's slow-down
+        scale = args.time_scale * slow
+        # the count the next size down's worker CPU per node says this one's traffic needs
+        demand = n * REAL_RATE / (1.0 if args.real_workers else scale)
+        workers = workers_needed(demand, cpu[-1]) if n == sizes[-1] and cpu else 1
+        row = run_size(n, scale, slow, per, concurrency, workers)
         rows.append(row)
         cpu.append(row["worker_us"])
-        print(f"  {n} replicas: {row['nodes_per_s']:,.0f} nodes/s, busy {row['busy']:.0%}", flush=True)
+        print(
+            f"  {n} replicas, rates / {scale:g}, {workers} worker(s): {row['nodes_per_s']:,.0f} nodes/s, "
+            f"busy {row['busy']:.0%}, {row['wall']:.0f} s",
+            flush=True,
+        )
     ray.shutdown()
-    print(f"simulated cluster, rates / {args.time_scale:g}, beam on Game of 24, {per} problems / replica")
+    print(f"simulated cluster, beam on Game of 24, {per} problems / replica")
     print(
         table(
             rows,
             [
                 ("replicas", "replicas", ""),
+                ("scale", "rates /", "g"),
                 ("workers", "workers", ""),
                 ("problems", "problems", ",.0f"),
                 ("nodes_per_s", "nodes/s", ",.0f"),
@@ -155,12 +188,13 @@ def main() -> None:
             ],
         )
     )
-    per_node = rows[-1]["worker_us"]  # at the largest size: the engine under load
-    per_worker = CPU_TARGET / (per_node * 1e-6) / REAL_RATE
+    per_node = rows[-2 if len(rows) > 1 else -1]["worker_us"]  # the size the last one's count came from
     print(
         f"one search worker at {per_node:.1f} us/node and {CPU_TARGET:.0%} of a core keeps "
-        f"{per_worker:.0f} real replicas busy ({REAL_RATE:.0f} nodes/s each); workers needed: "
-        + ", ".join(f"{g} GPUs: {math.ceil(g / per_worker)}" for g in (8, 64, 256, 1024))
+        f"{CPU_TARGET / (per_node * 1e-6) / REAL_RATE:.0f} real replicas busy ({REAL_RATE:.0f} nodes/s "
+        "each); workers needed: "
+        + ", ".join(f"{g} GPUs: {workers_needed(g * REAL_RATE, per_node)}" for g in (8, 64, 256, 1024))
+        + " at real rates"
     )
     last = rows[-1]
     print(

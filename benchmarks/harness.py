@@ -261,4 +261,6 @@ def sim_cluster_actor() -> Any:
     """:class:`SimCluster` as a Ray actor class (made here: importing this module needs no Ray)."""
     import ray
 
-    return ray.remote(num_cpus=0)(SimCluster)
+    # every simulated replica holds its calls for a whole step: Ray's default of 1,000 calls at
+    # once in an async actor would cap 1,024 replicas at ~1 call each
+    return ray.remote(num_cpus=0, max_concurrency=100_000)(SimCluster)

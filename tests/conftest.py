@@ -4,7 +4,9 @@ A test's tier comes from the fixtures it uses (no marker to forget): one that st
 (``ray_cluster``, ``uses_ray`` for a subprocess that does, and the fixtures built on them) is
 marked ``ray``; vLLM engines ``vllm``; Chromium ``browser``; a long run with none of these
 (an install, a fuzz, a subprocess run) ``slow``. ``make test-fast`` runs what has none of the
-four; ``make test`` runs everything.
+four; ``make test`` runs everything, on two pytest-xdist workers that each take whole files
+(one Ray per module), except that the files starting Ray heads of their own for jobs and faults
+(``OWN_HEADS``) form one group, run one after another on one worker.
 """
 
 import json
@@ -28,10 +30,36 @@ TIERS = {
 }
 
 
+# Their tests time a job agent's start and faults against a head of their own: beside each other
+# on two cores, one starves the other's head.
+OWN_HEADS = {"test_jobs.py", "test_chaos.py"}
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         for name in dict.fromkeys(m for f in item.fixturenames for m in TIERS.get(f, ())):
             item.add_marker(name)
+
+
+def pytest_configure(config):
+    if config.pluginmanager.hasplugin("xdist"):  # the dev extra, and not -p no:xdist
+        config.pluginmanager.register(_Scheduler(), "files-and-own-heads")
+
+
+class _Scheduler:
+    """Under ``--dist loadfile``: whole files to a worker, the ``OWN_HEADS`` files as one unit."""
+
+    def pytest_xdist_make_scheduler(self, config, log):
+        if config.getvalue("dist") != "loadfile":
+            return None
+        from xdist.scheduler import LoadFileScheduling
+
+        class FilesAndOwnHeads(LoadFileScheduling):
+            def _split_scope(self, nodeid: str) -> str:
+                file = super()._split_scope(nodeid)
+                return "own-heads" if Path(file).name in OWN_HEADS else file
+
+        return FilesAndOwnHeads(config, log)
 
 
 @pytest.fixture(scope="module")

@@ -63,12 +63,12 @@ def head(uses_ray, system_shell):
         ray.shutdown()
     lines = walkthrough()
     assert lines[-1] == ".venv/bin/ray stop" and lines[0].startswith(".venv/bin/ray start --head ")
-    port, dash = _free_port(), _free_port()
+    port, dash, agent = _free_port(), _free_port(), _free_port()
     start = (
         lines[0]
         .replace("--port 6390", f"--port {port}")
         .replace("--dashboard-port 8265", f"--dashboard-port {dash}")
-    )
+    ) + f" --dashboard-agent-listen-port {agent}"  # another Ray on this machine holds 52365
     # --block, in a session of its own, in place of the README's last line: the teardown stops
     # this head alone (`ray stop` would stop every Ray on the machine)
     head = subprocess.Popen(
