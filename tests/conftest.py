@@ -30,15 +30,24 @@ TIERS = {
 }
 
 
-# Their tests time a job agent's start and faults against a head of their own: beside each other
-# on two cores, one starves the other's head.
+# Each starts a Ray head of its own and times things against it (a job agent's start, faults and
+# their deadlines): one after another, they do not compete for the two cores.
 OWN_HEADS = {"test_jobs.py", "test_chaos.py"}
+# Files run most expensive first (by the tiers of their tests), so that on two workers the short
+# ones fill the end; within a file, the order is the file's.
+COST = {"vllm": 0, "ray": 1, "browser": 2, "slow": 2}
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
         for name in dict.fromkeys(m for f in item.fixturenames for m in TIERS.get(f, ())):
             item.add_marker(name)
+    rank: dict[Path, int] = {}
+    for item in items:
+        costs = [COST[m.name] for m in item.iter_markers() if m.name in COST]
+        heads = -1 if item.path.name in OWN_HEADS else 3
+        rank[item.path] = min(rank.get(item.path, 3), heads, *costs)
+    items.sort(key=lambda item: (rank[item.path], str(item.path)))  # stable: a file's order kept
 
 
 def pytest_configure(config):

@@ -142,3 +142,26 @@ def test_the_package_version_is_the_distributions():
     text = (ROOT / "pyproject.toml").read_text()
     assert f'version = "{treesearch.__version__}"' in text
     assert json.loads(Needs(("vllm",), 1.0).as_json()) == {"modules": ["vllm"], "gpus": 1.0}
+
+
+def test_submit_retries_a_missing_job_agent_then_says_what_holds_it():
+    from actors.jobs import submit_job
+
+    class NoAgent:  # the job server of a head whose agent never came up
+        calls = 0
+
+        def submit_job(self, **job):
+            self.calls += 1
+            if job.get("entrypoint") == "bad":
+                raise RuntimeError("Request failed with status code 400: bad entrypoint")
+            raise RuntimeError("Request failed with status code 500: No available agent to submit job, "
+                               "please try again later..")  # fmt: skip
+
+    c = NoAgent()
+    with pytest.raises(RuntimeError, match=r"never came up.*52365.*--dashboard-agent-listen-port"):
+        submit_job(c, wait_s=1.5, entrypoint="echo")
+    assert c.calls >= 2  # retried before giving up
+    c.calls = 0
+    with pytest.raises(RuntimeError, match="400"):  # any other refusal at once
+        submit_job(c, wait_s=60, entrypoint="bad")
+    assert c.calls == 1
