@@ -47,7 +47,7 @@ evaluate: $(CORE_STAMP)
 # (tests/conftest.py: OWN_HEADS). `make test-serial` runs it in one process.
 test: $(CORE_STAMP) $(CHROMIUM_STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest -n 2 --dist loadfile
+	$(VENV)/bin/pytest -n 2 --dist loadfile --durations=15
 
 test-serial: $(CORE_STAMP) $(CHROMIUM_STAMP)
 	$(VENV)/bin/ruff check .
