@@ -8,8 +8,8 @@ cluster's traffic fits two cores. A size whose traffic would pass ``--max-sim-ra
 nodes/s at rates / 20: 256 replicas) runs on a clock slowed further by
 ``k = replicas x 250 / 20 / 3,200``: rates / (20 k) and every step's latency x k, so it makes
 the events per second of 256 replicas (1,024 replicas: rates / 80, 1 s steps); each row
-prints its rate divisor. The PRM pool (a quarter as many
-replicas, 8x the rate per replica) is never the bottleneck. The search workers, their pools,
+prints its rate divisor. The PRM pool (a quarter as many replicas, 8x the rate per replica)
+is never the bottleneck. The search workers, their pools,
 the driver and Ray are the real ones (beam search on Game of 24, zero-cost answers), so what
 is measured is the orchestration at cluster scale.
 
@@ -19,10 +19,10 @@ workers and of the driver. Then: how many replicas one worker keeps busy and how
 a cluster of N real GPUs needs, from the measured worker CPU per node at the real rate and a
 70% CPU target per worker. The largest size runs with the worker count computed from the size
 below it for the traffic it simulates (its replicas x the scaled rate). ``--real-workers``
-runs it instead with the count computed for that many *real* GPUs (~40 for 1,024), each
+runs it instead with the count computed for that many *real* GPUs (40-50 for 1,024), each
 worker leasing problems for as many replicas as on the real cluster at the scaled rate: on two
-cores that many worker processes and one process simulating every replica are the limit (the
-closing rows of benchmarks/README.md say by how much), so it is an experiment, not the figure.
+cores that many worker processes and the one process simulating every replica are the limit
+(benchmarks/README.md's row says by how much), so it is an experiment, not the figure.
 
     .venv/bin/python -m benchmarks.cluster_sim [--replicas 1,4,16,64,256,1024] [--time-scale 20] [--smoke]
 """
