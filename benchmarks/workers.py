@@ -9,9 +9,11 @@ What carries to a cluster is the CPU: on N free cores N workers scale with N as 
 total CPU per node does not grow. Targets: total worker CPU per node with 2 and 4 workers
 <= 1.1x that of 1 worker; driver CPU per node <= 10 us at 4 workers. Wall-time ratios are
 printed beside what this box gives N busy processes over one (measured in the same run), with
-no target: on 2 cores, 4 workers share 2 cores with the driver.
+no target: on 2 cores, 4 workers share 2 cores with the driver. ``--latency-ms`` makes every
+backend batch call wait that long, so a worker needs less than a core and the CPU per node of
+1, 2 and 4 workers is compared without four busy processes time-sliced on two cores.
 
-    .venv/bin/python -m benchmarks.workers [--problems 4000] [--runs 3] [--smoke]
+    .venv/bin/python -m benchmarks.workers [--problems 4000] [--runs 3] [--latency-ms 0] [--smoke]
 """
 
 from __future__ import annotations
@@ -82,6 +84,12 @@ def main() -> None:
     ap.add_argument("--problems", type=int, default=4000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--smoke", action="store_true")
+    ap.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="backend seconds per batch call (ms): paced workers need less than a core each",
+    )
     args = ap.parse_args()
     n, runs = (40, 1) if args.smoke else (args.problems, args.runs)
     fleets = (1, 2) if args.smoke else FLEETS  # the smoke checks the script
@@ -90,7 +98,12 @@ def main() -> None:
     rows, rate = [], {}
     algorithms = ("beam",) if args.smoke else ("beam", "mcts")  # the smoke checks the script
     for algo in algorithms:
-        job = zero_cost_job(algo, 1362, "run.concurrency=256", "run.lease=32")
+        pace = (
+            [f"{s}.latency_s={args.latency_ms / 1000}" for s in ("generator", "prm")]
+            if args.latency_ms
+            else []
+        )
+        job = zero_cost_job(algo, 1362, "run.concurrency=256", "run.lease=32", *pace)
         problems = problems_of(job, n)
         for workers in fleets:
             fleet = WorkerFleet(job, None, workers)  # None: each worker hosts the backends itself
@@ -111,7 +124,10 @@ def main() -> None:
             rows.append(row)
             rate[(algo, workers)] = row
     ray.shutdown()
-    print(f"search workers with in-worker zero-cost backends, {n} problems, medians of {runs} runs, 2 cores")
+    print(
+        f"search workers with in-worker zero-cost backends ({args.latency_ms:g} ms a batch call), "
+        f"{n} problems, medians of {runs} runs, 2 cores"
+    )
     print(
         table(
             rows,
