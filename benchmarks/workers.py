@@ -9,11 +9,14 @@ What carries to a cluster is the CPU: on N free cores N workers scale with N as 
 total CPU per node does not grow. Targets: total worker CPU per node with 2 and 4 workers
 <= 1.1x that of 1 worker; driver CPU per node <= 10 us at 4 workers. Wall-time ratios are
 printed beside what this box gives N busy processes over one (measured in the same run), with
-no target: on 2 cores, 4 workers share 2 cores with the driver. ``--latency-ms`` makes every
-backend batch call wait that long, so a worker needs less than a core and the CPU per node of
-1, 2 and 4 workers is compared without four busy processes time-sliced on two cores.
+no target: on 2 cores, 4 workers share 2 cores with the driver. ``--latency-ms`` (60) makes
+every backend batch call wait that long, as a replica's answer would, so a worker needs less
+than half a core and the CPU per node of 1, 2 and 4 workers is compared without four busy
+processes time-sliced on two cores (with ``--latency-ms 0`` they are, and their CPU per node
+grows 7-30% from run to run, every worker alike: the box, not the workers).
 
-    .venv/bin/python -m benchmarks.workers [--problems 4000] [--runs 3] [--latency-ms 0] [--smoke]
+    .venv/bin/python -m benchmarks.workers [--problems 4000] [--runs 3] [--algorithms beam,mcts]
+                                           [--latency-ms 60] [--smoke]
 """
 
 from __future__ import annotations
@@ -84,10 +87,11 @@ def main() -> None:
     ap.add_argument("--problems", type=int, default=4000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--algorithms", default="beam,mcts")
     ap.add_argument(
         "--latency-ms",
         type=float,
-        default=0.0,
+        default=60.0,
         help="backend seconds per batch call (ms): paced workers need less than a core each",
     )
     args = ap.parse_args()
@@ -96,7 +100,7 @@ def main() -> None:
     ceiling = {k: box_ceiling(k, 200_000 if args.smoke else 2_000_000) for k in fleets[1:]}
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     rows, rate = [], {}
-    algorithms = ("beam",) if args.smoke else ("beam", "mcts")  # the smoke checks the script
+    algorithms = ("beam",) if args.smoke else tuple(args.algorithms.split(","))  # the smoke checks the script
     for algo in algorithms:
         pace = (
             [f"{s}.latency_s={args.latency_ms / 1000}" for s in ("generator", "prm")]
