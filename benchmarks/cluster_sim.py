@@ -9,9 +9,9 @@ nodes/s at rates / 20: 256 replicas) runs on a clock slowed further by
 ``k = replicas x 250 / 20 / 3,200``: rates / (20 k) and every step's latency x k, so it makes
 the events per second of 256 replicas (1,024 replicas: rates / 80, 1 s steps); each row
 prints its rate divisor. The PRM pool (a quarter as many replicas, 8x the rate per replica)
-is never the bottleneck. The search workers, their pools,
-the driver and Ray are the real ones (beam search on Game of 24, zero-cost answers), so what
-is measured is the orchestration at cluster scale.
+is never the bottleneck. The search workers, their pools, the driver and Ray are the real ones
+(beam search on Game of 24, zero-cost answers), so what is measured is the orchestration at
+cluster scale.
 
 Reported per size: nodes/s, generator replicas' busy fraction in the steady middle of the run
 (the central 60% of its wall time; the ramp-up and the drain are excluded), CPU per node of the

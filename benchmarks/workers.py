@@ -92,7 +92,7 @@ def main() -> None:
         "--latency-ms",
         type=float,
         default=60.0,
-        help="backend seconds per batch call (ms): paced workers need less than a core each",
+        help="milliseconds each backend batch call waits (0: none): paced workers need under a core",
     )
     args = ap.parse_args()
     n, runs = (40, 1) if args.smoke else (args.problems, args.runs)
@@ -101,12 +101,10 @@ def main() -> None:
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     rows, rate = [], {}
     algorithms = ("beam",) if args.smoke else tuple(args.algorithms.split(","))  # the smoke checks the script
+    pace = (
+        [f"{s}.latency_s={args.latency_ms / 1000}" for s in ("generator", "prm")] if args.latency_ms else []
+    )
     for algo in algorithms:
-        pace = (
-            [f"{s}.latency_s={args.latency_ms / 1000}" for s in ("generator", "prm")]
-            if args.latency_ms
-            else []
-        )
         job = zero_cost_job(algo, 1362, "run.concurrency=256", "run.lease=32", *pace)
         problems = problems_of(job, n)
         for workers in fleets:
