@@ -1,15 +1,16 @@
 """Chaos: one job on Ray while faults keep coming; nothing lost, nothing counted twice.
 
 A Ray head is started here (so the cluster outlives the driver). An undisturbed run of the job
-comes first, then the same job while a bounded fault loop, every ``--interval`` seconds:
+comes first, then the same job while a bounded fault loop, a round every ``--interval`` seconds:
 
 - SIGKILLs the process of a random generator or PRM replica that answers (Ray restarts it; the
   dispatcher re-issues the requests it held; requests wait while every replica of a pool is
-  restarting: a vLLM engine takes about a minute to come back on this box), until ``--faults``
-  faults are in; the rest of the run is left alone;
-- once, SIGSTOPs one instead: a hang, not a death (the dispatcher's per-request deadline,
-  ``resources.request_timeout_s``, re-issues its requests elsewhere and has Ray kill and restart
-  the replica);
+  restarting: a vLLM engine takes about a minute to come back on this box), at most one a round
+  and paced by progress (the k-th of n replica faults once 3/4 * k/n of the problems are written),
+  until ``--faults`` faults are in; the rest of the run is left alone;
+- once, the first replica fault after the driver kill, SIGSTOPs one instead: a hang, not a
+  death (the dispatcher's per-request deadline, ``resources.request_timeout_s``, re-issues its
+  requests elsewhere and has Ray kill and restart the replica);
 - once, when ``--driver-kill-at`` of the problems are written (half; smoke a third, so most
   replica faults land on the resumed driver), SIGKILLs the driver and resumes the run dir
   (``treesearch run ... --resume``) on the same cluster.
@@ -156,10 +157,11 @@ def rows(out: Path) -> list[dict[str, Any]]:
 
 
 def replica_pids() -> list[tuple[str, int]]:
-    """(pool/index, pid) of every replica that answers within 3 s (a hung one does not).
+    """(pool/index, pid) of every replica that answers (a hung or restarting one does not).
 
-    All replicas are asked at once, so a round costs at most 3 s however many do not answer
-    (asked one by one, a hang plus a restart made rounds so slow the run ended first)."""
+    All are asked at once; after the first answer (at most 3 s) the others get 0.25 s more, which
+    a live replica needs a few ms of (``info`` is async). Waiting 3 s for every one, a hung or
+    restarting replica made each round 3 s long and the smoke's run ended before its faults did."""
     asked: dict[Any, str] = {}
     for a in ray.util.list_named_actors(all_namespaces=True):
         if not a["name"].startswith(REPLICA_PREFIX):
@@ -167,12 +169,28 @@ def replica_pids() -> list[tuple[str, int]]:
         with contextlib.suppress(Exception):  # gone between the listing and the lookup
             handle = ray.get_actor(a["name"], namespace=a["namespace"])
             asked[handle.info.remote()] = "/".join(a["name"].split("/")[1:3])
-    ready, _ = ray.wait(list(asked), num_returns=len(asked), timeout=3) if asked else ([], [])
+    if not asked:
+        return []
+    ready, rest = ray.wait(list(asked), num_returns=1, timeout=3)
+    if ready and rest:
+        ready += ray.wait(rest, num_returns=len(rest), timeout=0.25)[0]
     found = []
     for ref in ready:
         with contextlib.suppress(Exception):  # died while answering
             found.append((asked[ref], int(ray.get(ref)["pid"])))
     return found
+
+
+# Replica faults are paced by the run's progress, not the clock: the k-th of n waits until
+# SPREAD * k / n of the problems are written, so all land before the run's last quarter however
+# fast the machine is (by the clock, a faster run once ended before its eighth fault).
+SPREAD = 0.75
+
+
+def replica_fault_due(k: int, n: int, written: int, problems: int) -> bool:
+    """Whether replica fault ``k`` (0-based) of ``n`` may be injected with ``written`` of
+    ``problems`` results written."""
+    return written >= math.ceil(SPREAD * problems * k / max(1, n))
 
 
 def chaos_run(args: argparse.Namespace, address: str, out: Path, log: Path) -> tuple[Faults, float]:
@@ -189,7 +207,8 @@ def chaos_run(args: argparse.Namespace, address: str, out: Path, log: Path) -> t
         if proc.poll() is not None:
             break
         hang_open = faults.hung and faults.hang_cleared_s is None
-        if not driver_killed and not hang_open and len(rows(out)) >= args.problems * args.driver_kill_at:
+        written = len(rows(out))
+        if not driver_killed and not hang_open and written >= args.problems * args.driver_kill_at:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             faults.add(t0, "SIGKILL", "driver")
@@ -198,11 +217,15 @@ def chaos_run(args: argparse.Namespace, address: str, out: Path, log: Path) -> t
             continue
         if len(faults.log) >= args.faults:
             continue  # bounded: the rest of the run is left alone
+        replica_faults = len(faults.log) - driver_killed
+        if not replica_fault_due(replica_faults, args.faults - 1, written, args.problems):
+            continue
         live = replica_pids()  # replicas that answer: not restarting, not hung
         if not live:
             continue
         target, pid = rng.choice(live)
-        hang = not faults.hung and len(faults.log) >= 2
+        # the hang lands on the resumed driver (the last replica fault, should it come first)
+        hang = not faults.hung and (driver_killed or replica_faults == args.faults - 2)
         try:
             os.kill(pid, signal.SIGSTOP if hang else signal.SIGKILL)
         except ProcessLookupError:
@@ -264,7 +287,7 @@ def main() -> None:
         help="faults to inject, the driver kill included (default 20; smoke 8)",
     )
     ap.add_argument(
-        "--interval", type=float, default=None, help="seconds between faults (default 12; smoke 0.4)"
+        "--interval", type=float, default=None, help="seconds a fault-loop round (default 12; smoke 0.4)"
     )
     ap.add_argument(
         "--driver-kill-at",

@@ -42,3 +42,17 @@ def test_chaos_smoke_loses_nothing_under_kills_a_hang_and_a_driver_kill(tmp_path
     told = [x for x in log if re.match(r"(generator|PRM) replica \d (down|not answering|died)", x)]
     assert len(told) >= 3, log
     assert not any("worker died" in x.lower() or "raylet" in x.lower() for x in log), log
+
+
+def test_replica_faults_are_paced_by_progress_and_all_due_before_the_last_quarter():
+    """The fault loop's pacing: the first fault at once, the k-th of n once 3/4 * k/n of the
+    problems are written, so a fast run cannot end before its faults are due."""
+    from benchmarks.chaos import replica_fault_due
+
+    n, problems = 7, 64
+    due = [[w for w in range(problems + 1) if replica_fault_due(k, n, w, problems)] for k in range(n)]
+    first_due = [d[0] for d in due]
+    assert first_due[0] == 0
+    assert first_due == sorted(first_due) and len(set(first_due)) == n
+    assert first_due[-1] <= 0.75 * problems
+    assert not replica_fault_due(n - 1, n, first_due[-1] - 1, problems)
