@@ -5,8 +5,8 @@ comes first, then the same job while a bounded fault loop, a round every ``--int
 
 - SIGKILLs the process of a random generator or PRM replica that answers (Ray restarts it; the
   dispatcher re-issues the requests it held; requests wait while every replica of a pool is
-  restarting: a vLLM engine takes about a minute to come back on this box), at most one a round
-  and paced by progress (the k-th of n replica faults once 3/4 * k/n of the problems are written),
+  restarting: a vLLM engine takes about a minute to come back on this box), one a round, at
+  most ``--driver-kill-at`` of them before the driver kill (the resumed driver gets the rest),
   until ``--faults`` faults are in; the rest of the run is left alone;
 - once, the first replica fault after the driver kill, SIGSTOPs one instead: a hang, not a
   death (the dispatcher's per-request deadline, ``resources.request_timeout_s``, re-issues its
@@ -181,16 +181,18 @@ def replica_pids() -> list[tuple[str, int]]:
     return found
 
 
-# Replica faults are paced by the run's progress, not the clock: the k-th of n waits until
-# SPREAD * k / n of the problems are written, so all land before the run's last quarter however
-# fast the machine is (by the clock, a faster run once ended before its eighth fault).
-SPREAD = 0.75
+def next_replica_fault(
+    done: int, planned: int, driver_killed: bool, hung: bool, kill_at: float
+) -> int | None:
+    """The signal of the next replica fault (SIGKILL, or SIGSTOP for the one hang), or None when
+    none is due: ``done`` of ``planned`` replica faults are in. Before the driver kill at most
+    ``round(planned * kill_at)`` land, so the resumed driver gets the rest, the hang first.
 
-
-def replica_fault_due(k: int, n: int, written: int, problems: int) -> bool:
-    """Whether replica fault ``k`` (0-based) of ``n`` may be injected with ``written`` of
-    ``problems`` results written."""
-    return written >= math.ceil(SPREAD * problems * k / max(1, n))
+    Paced by the clock (a round each ``--interval``), not by results written: the real job's
+    problems finish in waves of ``run.concurrency``, so its rows stood still for minutes."""
+    if done >= planned or (not driver_killed and done >= round(planned * kill_at)):
+        return None
+    return signal.SIGSTOP if driver_killed and not hung else signal.SIGKILL
 
 
 def chaos_run(args: argparse.Namespace, address: str, out: Path, log: Path) -> tuple[Faults, float]:
@@ -206,9 +208,7 @@ def chaos_run(args: argparse.Namespace, address: str, out: Path, log: Path) -> t
             print(f"  hang cleared after {faults.hang_cleared_s} s (the deadline re-issued and restarted)")
         if proc.poll() is not None:
             break
-        hang_open = faults.hung and faults.hang_cleared_s is None
-        written = len(rows(out))
-        if not driver_killed and not hang_open and written >= args.problems * args.driver_kill_at:
+        if not driver_killed and len(rows(out)) >= args.problems * args.driver_kill_at:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             faults.add(t0, "SIGKILL", "driver")
@@ -217,15 +217,15 @@ def chaos_run(args: argparse.Namespace, address: str, out: Path, log: Path) -> t
             continue
         if len(faults.log) >= args.faults:
             continue  # bounded: the rest of the run is left alone
-        replica_faults = len(faults.log) - driver_killed
-        if not replica_fault_due(replica_faults, args.faults - 1, written, args.problems):
+        done = len(faults.log) - driver_killed
+        sig = next_replica_fault(done, args.faults - 1, driver_killed, bool(faults.hung), args.driver_kill_at)
+        if sig is None:
             continue
         live = replica_pids()  # replicas that answer: not restarting, not hung
         if not live:
             continue
         target, pid = rng.choice(live)
-        # the hang lands on the resumed driver (the last replica fault, should it come first)
-        hang = not faults.hung and (driver_killed or replica_faults == args.faults - 2)
+        hang = sig == signal.SIGSTOP
         try:
             os.kill(pid, signal.SIGSTOP if hang else signal.SIGKILL)
         except ProcessLookupError:
@@ -287,7 +287,7 @@ def main() -> None:
         help="faults to inject, the driver kill included (default 20; smoke 8)",
     )
     ap.add_argument(
-        "--interval", type=float, default=None, help="seconds a fault-loop round (default 12; smoke 0.4)"
+        "--interval", type=float, default=None, help="seconds a fault-loop round (default 6; smoke 0.4)"
     )
     ap.add_argument(
         "--driver-kill-at",
@@ -302,7 +302,7 @@ def main() -> None:
     # smoke: long enough for its 8 faults on a loaded 2-core box (replicas restart slowly there)
     args.problems = args.problems or (64 if args.smoke else 200)
     args.faults = args.faults or (8 if args.smoke else 20)
-    args.interval = args.interval or (0.4 if args.smoke else 12.0)
+    args.interval = args.interval or (0.4 if args.smoke else 6.0)
     args.driver_kill_at = args.driver_kill_at or (0.33 if args.smoke else 0.5)
     if not 0 < args.driver_kill_at < 1:
         ap.error(f"--driver-kill-at must be between 0 and 1, not {args.driver_kill_at}")

@@ -44,15 +44,24 @@ def test_chaos_smoke_loses_nothing_under_kills_a_hang_and_a_driver_kill(tmp_path
     assert not any("worker died" in x.lower() or "raylet" in x.lower() for x in log), log
 
 
-def test_replica_faults_are_paced_by_progress_and_all_due_before_the_last_quarter():
-    """The fault loop's pacing: the first fault at once, the k-th of n once 3/4 * k/n of the
-    problems are written, so a fast run cannot end before its faults are due."""
-    from benchmarks.chaos import replica_fault_due
+def test_replica_faults_split_around_the_driver_kill_with_the_hang_first_after_it():
+    """The fault loop's schedule: at most round(n * kill_at) replica SIGKILLs before the driver
+    kill, none while it has not come; after it the one hang, then SIGKILLs until n are in."""
+    import signal
 
-    n, problems = 7, 64
-    due = [[w for w in range(problems + 1) if replica_fault_due(k, n, w, problems)] for k in range(n)]
-    first_due = [d[0] for d in due]
-    assert first_due[0] == 0
-    assert first_due == sorted(first_due) and len(set(first_due)) == n
-    assert first_due[-1] <= 0.75 * problems
-    assert not replica_fault_due(n - 1, n, first_due[-1] - 1, problems)
+    from benchmarks.chaos import next_replica_fault
+
+    def schedule(n: int, kill_at: float, killed_after: int) -> list[str]:
+        done, hung, out = 0, False, []
+        for round_ in range(4 * n):
+            killed = round_ >= killed_after
+            sig = next_replica_fault(done, n, killed, hung, kill_at)
+            out.append({None: ".", signal.SIGKILL: "K", signal.SIGSTOP: "H"}[sig])
+            done += sig is not None
+            hung |= sig == signal.SIGSTOP
+        return out
+
+    smoke = schedule(7, 0.33, killed_after=5)  # the driver killed in round 5
+    assert "".join(smoke[:5]) == "KK..." and "".join(smoke[5:10]) == "HKKKK" and set(smoke[10:]) == {"."}
+    real = schedule(19, 0.5, killed_after=3)  # results came fast: the driver killed early
+    assert real[:3] == ["K"] * 3 and real[3] == "H" and real.count("K") == 18 and real.count("H") == 1
