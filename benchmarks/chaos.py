@@ -183,7 +183,7 @@ def replica_pids() -> list[tuple[str, int]]:
 
 def next_replica_fault(
     done: int, planned: int, driver_killed: bool, hung: bool, kill_at: float
-) -> int | None:
+) -> signal.Signals | None:
     """The signal of the next replica fault (SIGKILL, or SIGSTOP for the one hang), or None when
     none is due: ``done`` of ``planned`` replica faults are in. Before the driver kill at most
     ``round(planned * kill_at)`` land, so the resumed driver gets the rest, the hang first.
@@ -227,7 +227,7 @@ def chaos_run(args: argparse.Namespace, address: str, out: Path, log: Path) -> t
         target, pid = rng.choice(live)
         hang = sig == signal.SIGSTOP
         try:
-            os.kill(pid, signal.SIGSTOP if hang else signal.SIGKILL)
+            os.kill(pid, sig)
         except ProcessLookupError:
             continue
         if hang:
@@ -287,7 +287,7 @@ def main() -> None:
         help="faults to inject, the driver kill included (default 20; smoke 8)",
     )
     ap.add_argument(
-        "--interval", type=float, default=None, help="seconds a fault-loop round (default 6; smoke 0.4)"
+        "--interval", type=float, default=None, help="seconds per fault-loop round (default 6; smoke 0.4)"
     )
     ap.add_argument(
         "--driver-kill-at",
